@@ -1,0 +1,118 @@
+"""The broker as the engine sees it: a small async interface.
+
+The engine asks one question per pending row (:class:`Query`) and gets one of three answers:
+
+* :class:`Found` -- the broker has the order; its state is in :class:`BrokerOrder`;
+* :class:`Absent` -- the broker authoritatively has no such order;
+* :class:`Unresolved` -- anything uncertain, with a machine-readable reason.
+
+A condition that must stop every lookup of the run (session lost, rate limited) is raised as
+:class:`~ibkr_recover.BrokerFatal` instead of being answered.
+
+A backend is an async context manager (its lifetime is the run). ``preflight`` runs once before
+any lookup or write; ``resolver`` opens one per-worker handle (the CP backend gives each worker
+its own single-connection HTTP client).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Literal, Protocol
+
+import msgspec
+
+__all__ = [
+    "Absent",
+    "Answer",
+    "Backend",
+    "BrokerOrder",
+    "Found",
+    "Operation",
+    "Query",
+    "Resolver",
+    "Unresolved",
+    "Workflow",
+]
+
+Workflow = Literal["paper", "live"]
+Operation = Literal["submit", "cancel", "modify"]
+
+
+class Query(msgspec.Struct, frozen=True):
+    """What the engine asks the broker about one pending row.
+
+    ``lookup_id`` is the idempotency key (matched against ``order_ref``) for a submit, and the
+    context's ``broker_order_id`` (else the key) for a cancel or modify.
+    """
+
+    key: str
+    workflow: Workflow
+    operation: Operation
+    account_id: str
+    lookup_id: str
+
+
+class BrokerOrder(msgspec.Struct, frozen=True):
+    """The broker's state of one order, already checked against the query.
+
+    ``status`` is IBKR's raw status string (``Submitted``, ``Filled``, ...); ``time`` is the
+    broker's own time for the order when it gives one (timezone-aware UTC).
+    """
+
+    account_id: str
+    broker_order_id: str
+    status: str
+    time: datetime | None = None
+
+
+class Found(msgspec.Struct, frozen=True, tag="found"):
+    order: BrokerOrder
+
+
+class Absent(msgspec.Struct, frozen=True, tag="absent"):
+    """The broker authoritatively has no such order (listing complete, status endpoint 'not found')."""
+
+
+class Unresolved(msgspec.Struct, frozen=True, tag="unresolved"):
+    """The broker's answer does not allow a decision; ``reason`` is machine-readable."""
+
+    reason: str
+    detail: str = ""
+
+
+Answer = Found | Absent | Unresolved
+
+
+class Resolver(Protocol):
+    """One worker's handle on the broker."""
+
+    async def lookup(self, query: Query) -> Answer:
+        """Answer one query.
+
+        Raises
+        ------
+        BrokerFatal
+            When the run must stop every lookup (401 / lost session, 429).
+
+        Cancellation: safe; a cancelled lookup has no effect on the broker (reads only).
+        """
+        ...
+
+
+class Backend(Protocol):
+    """The broker for one run."""
+
+    async def preflight(self) -> None:
+        """Check that the broker can be used at all, before any lookup or write.
+
+        Raises
+        ------
+        BrokerError
+            The broker is unreachable, unauthenticated, or refuses the connection (TLS).
+        """
+        ...
+
+    def resolver(self) -> AbstractAsyncContextManager[Resolver]:
+        """Open one worker's handle; closed when the worker ends."""
+        ...
