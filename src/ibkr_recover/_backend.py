@@ -71,7 +71,7 @@ class Found(msgspec.Struct, frozen=True, tag="found"):
 
 
 class Absent(msgspec.Struct, frozen=True, tag="absent"):
-    """The broker authoritatively has no such order (listing complete, status endpoint 'not found')."""
+    """The broker authoritatively has no such order (complete listing, status 'not found')."""
 
 
 class Unresolved(msgspec.Struct, frozen=True, tag="unresolved"):

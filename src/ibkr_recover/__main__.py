@@ -1,0 +1,3 @@
+from ibkr_recover.cli import main
+
+main()

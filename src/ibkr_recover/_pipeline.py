@@ -1,0 +1,246 @@
+"""The run: one trio nursery joining the reader, the lookup workers and the batch writer.
+
+::
+
+    pending rows --(keyset pages, worker thread)--> bounded channel
+        --> N lookup workers (one broker resolver each, shared fatal switch)
+        --> results channel --> batch writer (BEGIN IMMEDIATE, executemany, commit every
+            batch_size rows or flush_interval seconds) --> report
+
+Memory stays bounded by the channel sizes and one page, whatever the backlog. A broker
+condition that is fatal for the run (401, 429) trips a switch: lookups in flight are cancelled,
+every row still coming through is left unresolved with that reason, decided rows are committed,
+and the reader stops reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import IO
+
+import trio
+
+from . import _crash
+from ._backend import Backend, Resolver, Unresolved
+from ._config import RunConfig
+from ._decide import Outcome, PendingRow, decide, plan, unresolved
+from ._errors import BrokerFatal
+from ._report import Report, write_lines
+from ._store import Store, require_database
+
+__all__ = ["open_store", "recover"]
+
+log = logging.getLogger("ibkr_recover")
+
+ProgressCallback = Callable[[Report], None]
+
+
+def open_store(config: RunConfig) -> Store:
+    """Open and check the database before the broker is asked anything (blocking)."""
+    require_database(config.db)
+    store = Store(config.db, busy_timeout=config.busy_timeout)
+    try:
+        store.check()
+        if not config.dry_run:
+            store.check_writable()
+            store.ensure_scan_index()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+class _FatalSwitch:
+    """Trips once on the first fatal broker condition and cancels every lookup in flight."""
+
+    def __init__(self) -> None:
+        self.fatal: BrokerFatal | None = None
+        self._scopes: set[trio.CancelScope] = set()
+
+    def trip(self, exc: BrokerFatal) -> None:
+        if self.fatal is not None:
+            return
+        self.fatal = exc
+        log.error("stopping all lookups: %s", exc)
+        for scope in self._scopes:
+            scope.cancel()
+
+    def watch(self, scope: trio.CancelScope) -> None:
+        self._scopes.add(scope)
+
+    def unwatch(self, scope: trio.CancelScope) -> None:
+        self._scopes.discard(scope)
+
+
+class _Run:
+    def __init__(
+        self,
+        config: RunConfig,
+        backend: Backend,
+        store: Store,
+        progress: ProgressCallback | None,
+        outcomes: IO[bytes] | None,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.store = store
+        self.progress = progress
+        self.outcomes = outcomes
+        self.switch = _FatalSwitch()
+        self.report = Report(dry_run=config.dry_run)
+        self.run_time = datetime.fromtimestamp(config.clock(), UTC)
+
+    async def run(self) -> Report:
+        """Run the pipeline to the end of the backlog.
+
+        Cancellation: the batch being committed when the run is cancelled commits or rolls back
+        whole (its thread is never abandoned); decided rows not yet in a batch stay pending
+        and are picked up by the next run.
+        """
+        started = trio.current_time()
+        width = max(1, self.config.concurrency)
+        row_send, row_recv = trio.open_memory_channel[PendingRow](2 * width)
+        out_send, out_recv = trio.open_memory_channel[Outcome](max(64, 2 * width))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, row_send)
+            async with row_recv, out_send:
+                for _ in range(width):
+                    nursery.start_soon(self._work, row_recv.clone(), out_send.clone())
+            nursery.start_soon(self._write, out_recv)
+        if self.switch.fatal is not None:
+            self.report.fatal = self.switch.fatal.reason
+            self.report.fatal_message = str(self.switch.fatal)
+        self.report.finish(trio.current_time() - started)
+        return self.report
+
+    async def _read(self, send: trio.MemorySendChannel[PendingRow]) -> None:
+        size = self.config.page_size
+        after: tuple[object, str] | None = None
+        async with send:
+            while self.switch.fatal is None:
+                page = await trio.to_thread.run_sync(self.store.read_page, after, size)
+                for row in page:
+                    await send.send(row)
+                if len(page) < size:
+                    return
+                after = (page[-1].created_at, page[-1].key)
+
+    async def _work(
+        self, rows: trio.MemoryReceiveChannel[PendingRow], out: trio.MemorySendChannel[Outcome]
+    ) -> None:
+        async with rows, out, self.backend.resolver() as resolver:
+            async for row in rows:
+                await out.send(await self._resolve(resolver, row))
+
+    async def _resolve(self, resolver: Resolver, row: PendingRow) -> Outcome:
+        planned = plan(row, self.config.clock(), self.config.min_age)
+        if isinstance(planned, Outcome):
+            return planned
+        if self.switch.fatal is not None:
+            return unresolved(row, self.switch.fatal.reason, planned)
+        scope = trio.CancelScope()
+        self.switch.watch(scope)
+        try:
+            with scope:
+                answer = await resolver.lookup(planned)
+        except BrokerFatal as exc:
+            self.switch.trip(exc)
+            return unresolved(row, exc.reason, planned)
+        except Exception:
+            # One row's failure never aborts the run; it stays pending for the next one.
+            log.exception("lookup failed unexpectedly")
+            answer = Unresolved("internal_error")
+        finally:
+            self.switch.unwatch(scope)
+        if scope.cancelled_caught and self.switch.fatal is not None:
+            return unresolved(row, self.switch.fatal.reason, planned)
+        _crash.checkpoint("broker answer")
+        return decide(
+            row,
+            planned,
+            answer,
+            now=self.config.clock(),
+            max_clear_age=self.config.max_clear_age,
+            run_time=self.run_time,
+        )
+
+    async def _write(self, results: trio.MemoryReceiveChannel[Outcome]) -> None:
+        batch: list[Outcome] = []
+        done: list[Outcome] = []
+        deadline = math.inf
+        async with results:
+            while True:
+                with trio.move_on_at(deadline):
+                    try:
+                        outcome = await results.receive()
+                    except trio.EndOfChannel:
+                        break
+                    if outcome.writes and not self.config.dry_run:
+                        if not batch:
+                            deadline = trio.current_time() + self.config.flush_interval
+                        batch.append(outcome)
+                    else:
+                        self.report.count(outcome.decision, outcome.reason)
+                        done.append(outcome)
+                    if len(batch) < self.config.batch_size and len(done) < 4096:
+                        continue
+                await self._flush(batch, done)
+                batch, done, deadline = [], [], math.inf
+        await self._flush(batch, done)
+
+    async def _flush(self, batch: list[Outcome], done: list[Outcome]) -> None:
+        """Commit ``batch``, count it, and record both lists in the outcomes file.
+
+        Cancellation: the commit runs in a thread that is never abandoned, so a cancelled
+        flush has either committed the whole batch or nothing.
+        """
+        if batch:
+            now = int(self.config.clock())
+            applied = await trio.to_thread.run_sync(self.store.apply, batch, now)
+            for outcome, ok in zip(batch, applied, strict=True):
+                if not ok:
+                    outcome.decision, outcome.reason = "conflict", "conflict"
+                self.report.count(outcome.decision, outcome.reason)
+        if self.outcomes is not None and (batch or done):
+            write_lines(self.outcomes, batch + done)
+            self.outcomes.flush()
+        if self.progress is not None:
+            self.progress(self.report)
+
+
+def _open_private(path: os.PathLike[str] | str) -> IO[bytes]:
+    """Create or truncate a file readable by its owner only (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+async def recover(
+    config: RunConfig,
+    backend: Backend,
+    *,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """Recover every pending row of ``config.db`` against ``backend``.
+
+    The database is opened and checked first (exit 2 or 4 before any broker call), then the
+    broker's preflight runs (exit 3 before any write), then the pipeline.
+
+    Cancellation: see :meth:`_Run.run`; nothing half-written is ever left behind.
+    """
+    store = await trio.to_thread.run_sync(open_store, config)
+    try:
+        await backend.preflight()
+        outcomes = _open_private(config.outcomes) if config.outcomes else None
+        try:
+            report = await _Run(config, backend, store, progress, outcomes).run()
+        finally:
+            if outcomes is not None:
+                outcomes.close()
+    finally:
+        store.close()
+    return report

@@ -1,0 +1,327 @@
+"""Every SQL statement of the tool: opening and checking the database, reading, writing.
+
+The tool never creates a database (a typo must not produce an empty one), checks the gateway's
+schema before anything else, reads pending rows in keyset pages and writes decisions in batched
+``BEGIN IMMEDIATE`` transactions whose statements are all compare-and-set on
+``(idempotency_key, request_hash, status='pending_writer')``.
+
+All functions here block; the pipeline runs them in worker threads, one hop per page or batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Final
+from urllib.parse import quote
+
+import msgspec
+import sqlite_utils
+
+from . import _crash
+from ._decide import Outcome, PendingRow
+from ._errors import ConfigError, SchemaError, StorageError
+from ._schema import IDEMPOTENCY_COLUMNS, IDEMPOTENCY_TABLE, PENDING_INDEX_DDL
+
+__all__ = [
+    "Store",
+    "SummaryRows",
+    "connect",
+    "require_database",
+    "storage_error",
+    "summarise",
+]
+
+_SELECT_PAGE: Final = f"""
+SELECT idempotency_key, request_hash, created_at, payload_json
+FROM {IDEMPOTENCY_TABLE}
+WHERE status = 'pending_writer' AND (created_at, idempotency_key) > (?, ?)
+ORDER BY created_at, idempotency_key
+LIMIT ?"""
+
+_SELECT_FIRST_PAGE: Final = f"""
+SELECT idempotency_key, request_hash, created_at, payload_json
+FROM {IDEMPOTENCY_TABLE}
+WHERE status = 'pending_writer'
+ORDER BY created_at, idempotency_key
+LIMIT ?"""
+
+_COMPLETE: Final = f"""
+UPDATE {IDEMPOTENCY_TABLE}
+SET status = 'submitted', payload_json = ?, result_hash = ?, updated_at = ?, failure_json = NULL
+WHERE idempotency_key = ? AND request_hash = ? AND status = 'pending_writer'"""
+
+_CLEAR: Final = f"""
+DELETE FROM {IDEMPOTENCY_TABLE}
+WHERE idempotency_key = ? AND request_hash = ? AND status = 'pending_writer'"""
+
+#: How often a ``BEGIN IMMEDIATE`` that found the database locked past the busy timeout is tried
+#: again before the run gives up with exit 4.
+BUSY_RETRIES: Final = 3
+
+
+def storage_error(exc: sqlite3.Error, path: Path, action: str) -> StorageError:
+    """Translate a ``sqlite3`` error into a :class:`StorageError` with a message for operators."""
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorname", "")
+    if "locked" in text or "busy" in text.lower():
+        hint = "another process holds the write lock; retry when the gateway is idle"
+    elif "not a database" in text or "malformed" in text or code == "SQLITE_CORRUPT":
+        hint = "the file is corrupt; restore it from a backup"
+    elif "readonly" in text or "read-only" in text:
+        hint = "the file or its folder is read-only; the tool needs to write the -wal/-shm files"
+    elif "disk" in text or "full" in text:
+        hint = "disk I/O error: check free space and the file system"
+    else:
+        hint = "SQLite error"
+    return StorageError(f"{action} {path}: {text} ({hint})")
+
+
+def require_database(path: Path) -> None:
+    """Refuse a path that is not an existing file: the tool never creates a database."""
+    if not path.exists():
+        raise ConfigError(f"database {path} does not exist (it is never created; check the path)")
+    if not path.is_file():
+        raise ConfigError(f"database {path} is not a file")
+
+
+def connect(path: Path, *, busy_timeout: float) -> sqlite3.Connection:
+    """Open ``path`` read-write without ever creating it."""
+    uri = f"file:{quote(str(path.absolute()))}?mode=rw"
+    try:
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.Error as exc:
+        raise storage_error(exc, path, "cannot open") from exc
+    return conn
+
+
+class Store:
+    """The gateway database: one connection for reading pages, one for writing batches.
+
+    Each connection is used by one thread at a time (the pipeline serialises calls per
+    connection), so ``check_same_thread`` is off.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._reader = connect(path, busy_timeout=busy_timeout)
+        self._writer = connect(path, busy_timeout=busy_timeout)
+        self.db = sqlite_utils.Database(self._reader)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def check(self, *, integrity: bool = True) -> None:
+        """Refuse a database that is corrupt or lacks the gateway's table or columns.
+
+        Raises
+        ------
+        StorageError
+            Not a SQLite file, or ``PRAGMA quick_check`` fails.
+        SchemaError
+            The table or one of its columns is missing.
+        """
+        try:
+            if integrity:
+                problems = [row[0] for row in self._reader.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise StorageError(
+                        f"{self.path} failed PRAGMA quick_check: {'; '.join(problems)} "
+                        "(the file is corrupt; restore it from a backup)"
+                    )
+            tables = set(self.db.table_names())
+            if IDEMPOTENCY_TABLE not in tables:
+                raise SchemaError(
+                    f"{self.path} has no table {IDEMPOTENCY_TABLE!r}: "
+                    "it is not an ibkr-agent-gateway database"
+                )
+            columns = set(self.db[IDEMPOTENCY_TABLE].columns_dict)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, "cannot read") from exc
+        missing = [name for name in IDEMPOTENCY_COLUMNS if name not in columns]
+        if missing:
+            raise SchemaError(
+                f"table {IDEMPOTENCY_TABLE!r} in {self.path} lacks column(s) {', '.join(missing)}"
+            )
+
+    def check_writable(self) -> None:
+        """Fail before any broker call when the file or its folder is read-only."""
+        self._begin_immediate()
+        self._writer.execute("ROLLBACK")
+
+    def ensure_scan_index(self) -> None:
+        """Create the partial index over pending rows that makes every page an index range scan."""
+        try:
+            self._writer.execute(PENDING_INDEX_DDL)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, "cannot index") from exc
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read_page(self, after: tuple[object, str] | None, limit: int) -> list[PendingRow]:
+        """The next ``limit`` pending rows after ``after`` in ``(created_at, key)`` order."""
+        try:
+            if after is None:
+                cursor = self._reader.execute(_SELECT_FIRST_PAGE, (limit,))
+            else:
+                cursor = self._reader.execute(_SELECT_PAGE, (*after, limit))
+            page = [PendingRow(*row) for row in cursor]
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, "cannot read") from exc
+        _crash.checkpoint("page read")
+        return page
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _begin_immediate(self) -> None:
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) and attempt < BUSY_RETRIES:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise storage_error(exc, self.path, "cannot write") from exc
+            else:
+                return
+
+    def apply(self, outcomes: Sequence[Outcome], now: int) -> list[bool]:
+        """Write completions and clears in one transaction; return whether each was applied.
+
+        Every statement is compare-and-set: a row changed by someone else since it was read
+        (another status, another request hash, deleted) is left as it is and reported ``False``.
+        The transaction is all-or-nothing: on any error it is rolled back and
+        :class:`StorageError` is raised.
+        """
+        completes = [o for o in outcomes if o.decision == "complete"]
+        clears = [o for o in outcomes if o.decision == "clear"]
+        self._begin_immediate()
+        try:
+            _crash.checkpoint("after BEGIN IMMEDIATE")
+            applied = self._apply_all(completes, clears, now)
+            if applied is None:
+                # Someone changed rows since we read them: find out which, one statement each.
+                self._writer.execute("ROLLBACK TO batch")
+                applied = self._apply_each(completes, clears, now)
+            self._writer.execute("RELEASE batch")
+            self._writer.execute("COMMIT")
+        except BaseException as exc:
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise storage_error(exc, self.path, "cannot write") from exc
+            raise
+        _crash.checkpoint("after COMMIT")
+        by_key = dict(zip([id(o) for o in completes + clears], applied, strict=True))
+        return [by_key.get(id(o), False) for o in outcomes]
+
+    def _apply_all(
+        self, completes: list[Outcome], clears: list[Outcome], now: int
+    ) -> list[bool] | None:
+        self._writer.execute("SAVEPOINT batch")
+        changed = 0
+        if completes:
+            params = _checkpointed(_complete_params(completes, now))
+            changed += self._writer.executemany(_COMPLETE, params).rowcount
+        if clears:
+            params = _checkpointed(_clear_params(clears))
+            changed += self._writer.executemany(_CLEAR, params).rowcount
+        if changed != len(completes) + len(clears):
+            return None
+        return [True] * changed
+
+    def _apply_each(self, completes: list[Outcome], clears: list[Outcome], now: int) -> list[bool]:
+        execute = self._writer.execute
+        applied = [execute(_COMPLETE, p).rowcount == 1 for p in _complete_params(completes, now)]
+        applied += [execute(_CLEAR, p).rowcount == 1 for p in _clear_params(clears)]
+        return applied
+
+
+def _complete_params(outcomes: list[Outcome], now: int) -> Iterator[tuple[object, ...]]:
+    for o in outcomes:
+        yield (o.payload_json, o.result_hash, now, o.key, o.request_hash)
+
+
+def _clear_params(outcomes: list[Outcome]) -> Iterator[tuple[object, ...]]:
+    for o in outcomes:
+        yield (o.key, o.request_hash)
+
+
+def _checkpointed(params: Iterator[tuple[object, ...]]) -> Iterable[tuple[object, ...]]:
+    if not _crash.enabled():
+        return params
+    return _between_statements(params)
+
+
+def _between_statements(params: Iterator[tuple[object, ...]]) -> Iterator[tuple[object, ...]]:
+    for index, p in enumerate(params):
+        if index:
+            _crash.checkpoint("between statements")
+        yield p
+
+
+_SUMMARY_BY_STATUS: Final = f"""
+SELECT status,
+       CASE WHEN json_valid(payload_json) THEN json_extract(payload_json, '$.workflow') END,
+       CASE WHEN json_valid(payload_json) THEN json_extract(payload_json, '$.operation') END,
+       count(*)
+FROM {IDEMPOTENCY_TABLE}
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3"""
+
+_SUMMARY_PENDING_AGES: Final = f"""
+SELECT CASE
+         WHEN typeof(created_at) NOT IN ('integer', 'real') THEN 'bad_timestamp'
+         WHEN :now - created_at < :min_age THEN 'lt_min_age'
+         WHEN :now - created_at < 3600 THEN 'lt_1h'
+         WHEN :now - created_at < 86400 THEN 'lt_1d'
+         WHEN :now - created_at < :max_clear_age THEN 'lt_max_clear_age'
+         ELSE 'older'
+       END,
+       count(*)
+FROM {IDEMPOTENCY_TABLE}
+WHERE status = 'pending_writer'
+GROUP BY 1"""
+
+_SUMMARY_PENDING_ACCOUNTS: Final = f"""
+SELECT CASE WHEN json_valid(payload_json) THEN json_extract(payload_json, '$.account_id') END,
+       count(*)
+FROM {IDEMPOTENCY_TABLE}
+WHERE status = 'pending_writer'
+GROUP BY 1"""
+
+_SUMMARY_OLDEST: Final = f"""
+SELECT min(created_at) FROM {IDEMPOTENCY_TABLE}
+WHERE status = 'pending_writer' AND typeof(created_at) IN ('integer', 'real')"""
+
+
+class SummaryRows(msgspec.Struct):
+    """Raw aggregates for ``ibkr-recover pending``; the caller formats and masks them."""
+
+    by_status: list[tuple[str, object, object, int]]
+    ages: dict[str, int]
+    accounts: list[tuple[object, int]]
+    oldest_created_at: float | None
+
+
+def summarise(store: Store, *, now: float, min_age: float, max_clear_age: float) -> SummaryRows:
+    """Count rows by status, workflow and operation, and pending rows by age and account."""
+    conn = store._reader
+    args = {"now": now, "min_age": min_age, "max_clear_age": max_clear_age}
+    try:
+        by_status = [tuple(row) for row in conn.execute(_SUMMARY_BY_STATUS)]
+        ages = dict(conn.execute(_SUMMARY_PENDING_AGES, args).fetchall())
+        accounts = [tuple(row) for row in conn.execute(_SUMMARY_PENDING_ACCOUNTS)]
+        (oldest,) = conn.execute(_SUMMARY_OLDEST).fetchone()
+    except sqlite3.Error as exc:
+        raise storage_error(exc, store.path, "cannot read") from exc
+    return SummaryRows(by_status, ages, accounts, oldest)
