@@ -15,6 +15,7 @@ and the reader stops reading.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -37,6 +38,9 @@ __all__ = ["open_store", "recover"]
 log = logging.getLogger("ibkr_recover")
 
 ProgressCallback = Callable[[Report], None]
+
+# Rows that need no write are recorded in the outcomes file at least this often.
+_MAX_DONE = 4096
 
 
 def open_store(config: RunConfig) -> Store:
@@ -124,7 +128,12 @@ class _Run:
             while self.switch.fatal is None:
                 page = await trio.to_thread.run_sync(self.store.read_page, after, size)
                 for row in page:
-                    await send.send(row)
+                    # Fill the buffer without yielding per row: an await per row would hand the
+                    # workers one row per scheduler tick.
+                    try:
+                        send.send_nowait(row)
+                    except trio.WouldBlock:
+                        await send.send(row)
                 if len(page) < size:
                     return
                 after = (page[-1].created_at, page[-1].key)
@@ -132,9 +141,24 @@ class _Run:
     async def _work(
         self, rows: trio.MemoryReceiveChannel[PendingRow], out: trio.MemorySendChannel[Outcome]
     ) -> None:
+        # The lookup is this loop's checkpoint; the channel operations only wait when they must,
+        # so a worker costs one scheduler tick per row, not three.
         async with rows, out, self.backend.resolver() as resolver:
-            async for row in rows:
-                await out.send(await self._resolve(resolver, row))
+            while True:
+                try:
+                    row = rows.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        row = await rows.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
+                outcome = await self._resolve(resolver, row)
+                try:
+                    out.send_nowait(outcome)
+                except trio.WouldBlock:
+                    await out.send(outcome)
 
     async def _resolve(self, resolver: Resolver, row: PendingRow) -> Outcome:
         planned = plan(row, self.config.clock(), self.config.min_age)
@@ -172,24 +196,31 @@ class _Run:
         batch: list[Outcome] = []
         done: list[Outcome] = []
         deadline = math.inf
+        writing = not self.config.dry_run
         async with results:
             while True:
+                arrived: list[Outcome] = []
                 with trio.move_on_at(deadline):
                     try:
-                        outcome = await results.receive()
+                        arrived.append(await results.receive())
                     except trio.EndOfChannel:
                         break
-                    if outcome.writes and not self.config.dry_run:
+                # Take whatever else is already waiting, without a scheduler tick per outcome.
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while True:
+                        arrived.append(results.receive_nowait())
+                for outcome in arrived:
+                    if writing and outcome.writes:
                         if not batch:
                             deadline = trio.current_time() + self.config.flush_interval
                         batch.append(outcome)
                     else:
                         self.report.count(outcome.decision, outcome.reason)
                         done.append(outcome)
-                    if len(batch) < self.config.batch_size and len(done) < 4096:
-                        continue
-                await self._flush(batch, done)
-                batch, done, deadline = [], [], math.inf
+                full = len(batch) >= self.config.batch_size or len(done) >= _MAX_DONE
+                if full or trio.current_time() >= deadline:
+                    await self._flush(batch, done)
+                    batch, done, deadline = [], [], math.inf
         await self._flush(batch, done)
 
     async def _flush(self, batch: list[Outcome], done: list[Outcome]) -> None:
