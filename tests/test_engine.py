@@ -487,3 +487,33 @@ async def test_flush_interval_commits_a_partial_batch(db_path: Path) -> None:
     report = await recover(config(db_path, concurrency=1, flush_interval=0.05), SlowTail())
     assert report.cleared_missing == 3
     assert seen == [1]
+
+
+async def test_backup_is_a_consistent_copy_from_before_the_first_write(
+    db_path: Path, tmp_path: Path
+) -> None:
+    make_db(
+        db_path, [{"key": f"k{i}", "payload": context("paper", "submit", "DU1")} for i in range(10)]
+    )
+    before = dump(db_path)
+    backup = tmp_path / "backup.db"
+    report = await recover(config(db_path, backup=backup), MemoryBackend())
+    assert report.cleared_missing == 10
+    assert rows_by_key(db_path) == {}
+    assert dump(backup, with_scan_index=True) == before
+    conn = sqlite3.connect(backup)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+    assert backup.stat().st_mode & 0o777 == 0o600
+
+
+async def test_backup_never_overwrites_an_existing_file(db_path: Path, tmp_path: Path) -> None:
+    make_db(db_path, [{"key": "k", "payload": context("paper", "submit", "DU1")}])
+    backup = tmp_path / "backup.db"
+    backup.write_text("precious")
+    backend = MemoryBackend()
+    with pytest.raises(ConfigError, match="already exists"):
+        await recover(config(db_path, backup=backup), backend)
+    assert backup.read_text() == "precious"
+    assert backend.preflights == 0
+    assert "k" in rows_by_key(db_path)

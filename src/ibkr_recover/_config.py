@@ -40,5 +40,6 @@ class RunConfig:
     max_clear_age: float = DEFAULT_MAX_CLEAR_AGE
     dry_run: bool = False
     outcomes: Path | None = None
+    backup: Path | None = None
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
     clock: Callable[[], float] = time.time

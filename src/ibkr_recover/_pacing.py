@@ -3,7 +3,7 @@
 IBKR's gateway allows 10 requests per second in total and one call per 5 s of the order listing
 and of the trades endpoint; exceeding either puts the client in a penalty box for 10-15 minutes.
 Every request therefore passes through the global :class:`Pacer`, and listing and trades calls
-also through their endpoint's own one.
+also through their endpoint's :class:`Spacer`.
 
 The limiter is the generic cell rate algorithm: it keeps the theoretical arrival time (TAT) of
 the next slot, waits on a fair :class:`trio.Lock` (FIFO), and sleeps once until an absolute
@@ -16,10 +16,12 @@ repeated addition, so that slot ``n`` lands on its exact time (``0.1`` added ten
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
-__all__ = ["Pacer"]
+__all__ = ["Pacer", "Spacer"]
 
 
 class Pacer:
@@ -77,3 +79,45 @@ class Pacer:
             if allowed_at > now:
                 await trio.sleep_until(allowed_at)
             self._count += 1
+
+
+class Spacer:
+    """One holder at a time, each going at least ``interval`` seconds after the previous one.
+
+    Unlike a :class:`Pacer` slot, the gap is measured from the moment a holder really goes:
+    after the pacers passed to :meth:`turn`, so that waiting for the global budget cannot
+    bring two calls of one endpoint closer than ``interval``.
+
+    Parameters
+    ----------
+    interval
+        Minimum seconds between two holders going; ``0`` means none (still one at a time).
+    """
+
+    def __init__(self, interval: float) -> None:
+        if not math.isfinite(interval) or interval < 0:
+            raise ValueError(f"interval must be a finite number >= 0, not {interval!r}")
+        self._interval = float(interval)
+        self._last = -math.inf
+        self._lock = trio.Lock()
+
+    @property
+    def interval(self) -> float:
+        """Minimum seconds between two holders going."""
+        return self._interval
+
+    @asynccontextmanager
+    async def turn(self, *then: Pacer) -> AsyncIterator[None]:
+        """Wait for the lock and the interval, then for each of ``then``; hold until exit.
+
+        Cancellation: safe. A holder cancelled before it goes (while queued, sleeping, or
+        waiting for ``then``) leaves the spacing as it was; one cancelled after it went
+        counts as having gone.
+        """
+        async with self._lock:
+            if self._interval > 0:
+                await trio.sleep_until(self._last + self._interval)
+            for pacer in then:
+                await pacer.acquire()
+            self._last = trio.current_time()
+            yield

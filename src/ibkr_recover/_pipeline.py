@@ -19,9 +19,8 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Protocol
 
 import trio
 
@@ -37,20 +36,34 @@ __all__ = ["open_store", "recover"]
 
 log = logging.getLogger("ibkr_recover")
 
-ProgressCallback = Callable[[Report], None]
+
+class Progress(Protocol):
+    """Told the backlog size once, then the report after every flush (about every 0.5 s)."""
+
+    def start(self, total: int) -> None: ...
+
+    def update(self, report: Report) -> None: ...
+
 
 # Rows that need no write are recorded in the outcomes file at least this often.
 _MAX_DONE = 4096
 
 
 def open_store(config: RunConfig) -> Store:
-    """Open and check the database before the broker is asked anything (blocking)."""
+    """Open and check the database before the broker is asked anything (blocking).
+
+    With ``config.backup`` set, a consistent copy is made after the checks and before the
+    first write.
+    """
     require_database(config.db)
     store = Store(config.db, busy_timeout=config.busy_timeout)
     try:
         store.check()
         if not config.dry_run:
             store.check_writable()
+        if config.backup is not None:
+            store.backup(config.backup)
+        if not config.dry_run:
             store.ensure_scan_index()
     except BaseException:
         store.close()
@@ -86,7 +99,7 @@ class _Run:
         config: RunConfig,
         backend: Backend,
         store: Store,
-        progress: ProgressCallback | None,
+        progress: Progress | None,
         outcomes: IO[bytes] | None,
     ) -> None:
         self.config = config
@@ -106,6 +119,8 @@ class _Run:
         and are picked up by the next run.
         """
         started = trio.current_time()
+        if self.progress is not None:
+            self.progress.start(await trio.to_thread.run_sync(self.store.count_pending))
         width = max(1, self.config.concurrency)
         row_send, row_recv = trio.open_memory_channel[PendingRow](2 * width)
         out_send, out_recv = trio.open_memory_channel[Outcome](max(64, 2 * width))
@@ -209,10 +224,10 @@ class _Run:
                 with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
                     while True:
                         arrived.append(results.receive_nowait())
+                if not batch and not done:
+                    deadline = trio.current_time() + self.config.flush_interval
                 for outcome in arrived:
                     if writing and outcome.writes:
-                        if not batch:
-                            deadline = trio.current_time() + self.config.flush_interval
                         batch.append(outcome)
                     else:
                         self.report.count(outcome.decision, outcome.reason)
@@ -240,7 +255,7 @@ class _Run:
             write_lines(self.outcomes, batch + done)
             self.outcomes.flush()
         if self.progress is not None:
-            self.progress(self.report)
+            self.progress.update(self.report)
 
 
 def _open_private(path: os.PathLike[str] | str) -> IO[bytes]:
@@ -254,7 +269,7 @@ async def recover(
     config: RunConfig,
     backend: Backend,
     *,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Recover every pending row of ``config.db`` against ``backend``.
 

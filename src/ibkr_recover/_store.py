@@ -10,6 +10,7 @@ All functions here block; the pipeline runs them in worker threads, one hop per 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -165,7 +166,39 @@ class Store:
         except sqlite3.Error as exc:
             raise storage_error(exc, self.path, "cannot index") from exc
 
+    def backup(self, target: Path) -> None:
+        """Copy the database to ``target`` with SQLite's online backup API (mode 0600).
+
+        Refuses to overwrite an existing file. The copy is consistent even while the gateway
+        writes: the backup API restarts when the source changes under it.
+        """
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"backup {target} already exists; it is never overwritten") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot create backup {target}: {exc.strerror}") from exc
+        os.close(fd)
+        try:
+            copy = sqlite3.connect(target)
+            try:
+                self._reader.backup(copy)
+            finally:
+                copy.close()
+        except sqlite3.Error as exc:
+            target.unlink(missing_ok=True)
+            raise storage_error(exc, target, "cannot back up to") from exc
+
     # -- reading ------------------------------------------------------------------------------
+
+    def count_pending(self) -> int:
+        """How many ``pending_writer`` rows there are now."""
+        try:
+            query = f"SELECT count(*) FROM {IDEMPOTENCY_TABLE} WHERE status = 'pending_writer'"
+            (count,) = self._reader.execute(query).fetchone()
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, "cannot read") from exc
+        return int(count)
 
     def read_page(self, after: tuple[object, str] | None, limit: int) -> list[PendingRow]:
         """The next ``limit`` pending rows after ``after`` in ``(created_at, key)`` order."""

@@ -27,6 +27,7 @@ from ._errors import RecoverError
 from ._mask import mask_account
 from ._pending import pending_summary, render_pending
 from ._pipeline import recover as run_recovery
+from ._progress import ProgressBar
 from ._report import Report
 
 __all__ = ["app", "exit_code", "main"]
@@ -184,6 +185,7 @@ def recover(
     dry_run: Annotated[bool, _env("DRY_RUN", negative="")] = False,
     json: Annotated[bool, _env("JSON", negative="")] = False,
     outcomes: Annotated[Path | None, _env("OUTCOMES")] = None,
+    backup: Annotated[Path | None, _env("BACKUP")] = None,
     cacert: Annotated[Path | None, _env("CACERT")] = None,
     insecure: Annotated[bool, _env("INSECURE", negative="")] = False,
     timeout: Annotated[Seconds, _env("TIMEOUT")] = 10.0,
@@ -230,6 +232,9 @@ def recover(
     outcomes
         Write one JSON line per row (key, decision, reason, masked account) to this file
         (mode 0600).
+    backup
+        Before the first write, copy the database to this new file with SQLite's online
+        backup API (mode 0600; an existing file is never overwritten). Recommended.
     cacert
         PEM file of the CA (or self-signed certificate) of the Client Portal Gateway.
     insecure
@@ -252,7 +257,9 @@ def recover(
         max_clear_age=max_clear_age,
         dry_run=dry_run,
         outcomes=outcomes,
+        backup=backup,
     )
+    show_progress = not (json or quiet) and sys.stderr.isatty()
     try:
         from .cpapi import CpapiBackend, CpapiSettings
 
@@ -269,7 +276,10 @@ def recover(
 
         async def main() -> Report:
             async with CpapiBackend(settings) as backend:
-                return await run_recovery(config, backend)
+                if not show_progress:
+                    return await run_recovery(config, backend)
+                with ProgressBar() as bar:
+                    return await run_recovery(config, backend, progress=bar)
 
         report = _run_trio(main)
     except BaseException as exc:
