@@ -24,6 +24,7 @@ from ibkr_recover import (
     Report,
     RunConfig,
     SchemaError,
+    StorageError,
     Unresolved,
     recover,
 )
@@ -517,3 +518,24 @@ async def test_backup_never_overwrites_an_existing_file(db_path: Path, tmp_path:
     assert backup.read_text() == "precious"
     assert backend.preflights == 0
     assert "k" in rows_by_key(db_path)
+
+
+async def test_two_concurrent_runs_cannot_both_write(db_path: Path) -> None:
+    make_db(
+        db_path, [{"key": f"k{i}", "payload": context("paper", "submit", "DU1")} for i in range(20)]
+    )
+    second_error: list[BaseException] = []
+
+    class SecondRunInside(MemoryBackend):
+        async def lookup(self, query):  # type: ignore[no-untyped-def]
+            if query.key == "k0":
+                try:
+                    await recover(config(db_path), MemoryBackend())
+                except StorageError as exc:
+                    second_error.append(exc)
+            return Absent()
+
+    report = await recover(config(db_path, concurrency=1), SecondRunInside())
+    assert report.cleared_missing == 20
+    assert len(second_error) == 1
+    assert "another ibkr-recover run" in str(second_error[0])

@@ -60,6 +60,7 @@ def open_store(config: RunConfig) -> Store:
     try:
         store.check()
         if not config.dry_run:
+            store.lock_run()
             store.check_writable()
         if config.backup is not None:
             store.backup(config.backup)

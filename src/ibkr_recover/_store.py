@@ -10,6 +10,7 @@ All functions here block; the pipeline runs them in worker threads, one hop per 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import time
@@ -113,11 +114,33 @@ class Store:
         self.busy_timeout = busy_timeout
         self._reader = connect(path, busy_timeout=busy_timeout)
         self._writer = connect(path, busy_timeout=busy_timeout)
+        self._lock_fd: int | None = None
         self.db = sqlite_utils.Database(self._reader)
 
     def close(self) -> None:
         self._reader.close()
         self._writer.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def lock_run(self) -> None:
+        """Take the run lock: one writing ``ibkr-recover`` run per database at a time.
+
+        An advisory ``flock`` on the database file itself; SQLite's own locks are POSIX
+        record locks, which ``flock`` does not touch, so the gateway is unaffected. The lock
+        goes away with the process, however it ends.
+        """
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StorageError(
+                f"another ibkr-recover run is recovering {self.path}; "
+                "wait for it to finish (runs never overlap)"
+            ) from None
+        self._lock_fd = fd
 
     # -- checks -------------------------------------------------------------------------------
 
