@@ -1,0 +1,485 @@
+"""HTTP to the gateway: paced, bounded, retried, and translated into the package's errors.
+
+Every request of the backend goes through :meth:`Wire.get`:
+
+1. refuse at once when an earlier answer stopped the run (429, 401, TLS failure);
+2. wait for the endpoint's lane (listing and trades: one request at a time, spaced by the
+   listing interval) and for the global pacer;
+3. send it under a total deadline (``trio.fail_after``) on top of httpx's inactivity
+   timeouts, and read the body as a stream, giving up past the size cap;
+4. interpret the status and decode the body into a slim struct;
+5. retry timeouts, connection failures and 5xx (other than "not found") with exponential
+   back-off and full jitter, a bounded number of times; re-query ``/iserver/accounts`` once
+   when the gateway asks for it.
+
+:func:`translate_error` is the one place where httpx, ssl, trio and msgspec errors become
+:class:`RequestFailed` (this row is unresolved) or :class:`~ibkr_recover.BrokerFatal` (the run
+stops).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import ssl
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar, overload
+
+import httpx
+import msgspec
+import trio
+
+from .._errors import BrokerError, BrokerFatal
+from .._pacing import Pacer, Spacer
+from ._models import ACCOUNTS, ERROR_BODY
+from ._settings import CpapiSettings
+
+__all__ = [
+    "ACCOUNTS_PATH",
+    "SMALL_BODY_BYTES",
+    "NotFound",
+    "RequestFailed",
+    "Wire",
+    "translate_error",
+]
+
+log = logging.getLogger("ibkr_recover.cpapi")
+
+T = TypeVar("T")
+
+ACCOUNTS_PATH: Final = "/iserver/accounts"
+#: Cap for the answers about one thing (session, accounts, one order).
+SMALL_BODY_BYTES: Final = 1024 * 1024
+
+_NOT_FOUND: Final = re.compile(r"\border\s+(\S+)\s+is\s+not\s+found", re.IGNORECASE)
+_ACCOUNTS_FIRST: Final = re.compile(r"query\s+/?accounts\s+first", re.IGNORECASE)
+_HEADERS: Final = {"User-Agent": "ibkr-recover", "Accept": "application/json"}
+
+
+class RequestFailed(BrokerError):
+    """One request got no usable answer; ``reason`` is the unresolved reason of the row.
+
+    ``retryable`` marks transient failures (timeout, connection, 5xx) worth another attempt.
+    """
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class NotFound:
+    """The status endpoint's ``503 {"error": "Order N is not found"}``; ``named_id`` is N."""
+
+    named_id: str
+
+
+class _AccountsFirst(Exception):
+    """The gateway answered "Please query /accounts first"."""
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: bytes
+    location: str
+
+
+class Wire:
+    """The HTTP side of one run: the pacer, the stop switch, the retry policy.
+
+    Parameters
+    ----------
+    settings
+        The backend's settings (URL, TLS context, timeouts, pacing, retries).
+    transport
+        Replaces the network (tests pass an ``httpx.MockTransport``).
+    rng
+        Source of the back-off jitter.
+    """
+
+    def __init__(
+        self,
+        settings: CpapiSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._rng = rng if rng is not None else random.Random()
+        self._pacer = Pacer.per_second(settings.rate)
+        self._stopped: BrokerFatal | None = None
+        self._accounts_generation = 0
+        self._reprime_lock = trio.Lock()
+        self.requests_sent = 0
+
+    @property
+    def stopped(self) -> BrokerFatal | None:
+        """The fatal condition that stopped every request of the run, if any."""
+        return self._stopped
+
+    def client(self, *, connections: int) -> httpx.AsyncClient:
+        """A new client with at most ``connections`` connections, sharing the TLS context."""
+        settings = self._settings
+        return httpx.AsyncClient(
+            base_url=settings.base_url,
+            verify=settings.ssl_context,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            timeout=httpx.Timeout(settings.timeout),
+            follow_redirects=False,
+            trust_env=False,
+            headers=_HEADERS,
+            transport=self._transport,
+        )
+
+    @overload
+    async def get(
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        decoder: msgspec.json.Decoder[T],
+        *,
+        cap: int,
+        params: Mapping[str, str] | None = ...,
+        lane: Spacer | None = ...,
+        not_found_ok: Literal[False] = ...,
+        may_reprime: bool = ...,
+    ) -> T: ...
+
+    @overload
+    async def get(
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        decoder: msgspec.json.Decoder[T],
+        *,
+        cap: int,
+        params: Mapping[str, str] | None = ...,
+        lane: Spacer | None = ...,
+        not_found_ok: Literal[True],
+        may_reprime: bool = ...,
+    ) -> T | NotFound: ...
+
+    async def get(
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        decoder: msgspec.json.Decoder[T],
+        *,
+        cap: int,
+        params: Mapping[str, str] | None = None,
+        lane: Spacer | None = None,
+        not_found_ok: bool = False,
+        may_reprime: bool = True,
+    ) -> T | NotFound:
+        """GET ``path`` and decode the answer.
+
+        Parameters
+        ----------
+        cap
+            Largest body accepted, in bytes (bounded by ``settings.max_body_bytes``).
+        lane
+            The endpoint's own spacing, if it has one (listing, trades).
+        not_found_ok
+            Answer :class:`NotFound` for a 503 "Order N is not found" instead of failing.
+        may_reprime
+            Re-query ``/iserver/accounts`` once if the gateway asks for it, then retry.
+
+        Raises
+        ------
+        RequestFailed
+            No usable answer after the retries; ``reason`` says why.
+        BrokerFatal
+            401/403, 429 or a TLS failure, now or earlier in the run (no request is sent then).
+
+        Cancellation: safe (reads only); a request cancelled in flight is abandoned and its
+        connection closed.
+        """
+        where = f"GET {path}"
+        cap = min(cap, self._settings.max_body_bytes)
+        reprimed = not may_reprime
+        failures = 0
+        while True:
+            generation = self._accounts_generation
+            try:
+                reply = await self._exchange(client, path, params, lane, cap, where)
+                return self._interpret(reply, decoder, where, not_found_ok=not_found_ok)
+            except _AccountsFirst:
+                if reprimed:
+                    raise RequestFailed(
+                        "broker_error", f"{where}: the gateway keeps asking to query /accounts"
+                    ) from None
+                reprimed = True
+                await self._reprime(client, generation)
+            except RequestFailed as exc:
+                if not exc.retryable or failures >= self._settings.retries:
+                    raise
+                delay = self._backoff(failures)
+                failures += 1
+                log.info("%s; retry %d in %.2f s", exc, failures, delay)
+                await trio.sleep(delay)
+
+    async def _exchange(
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        params: Mapping[str, str] | None,
+        lane: Spacer | None,
+        cap: int,
+        where: str,
+    ) -> _Reply:
+        self._raise_if_stopped()
+        if lane is None:
+            await self._pacer.acquire()
+            return await self._send(client, path, params, cap, where)
+        # One request of the endpoint at a time, so that a shared client never waits for a
+        # connection, and its calls spaced from the moment they really go.
+        async with lane.turn(self._pacer):
+            return await self._send(client, path, params, cap, where)
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        params: Mapping[str, str] | None,
+        cap: int,
+        where: str,
+    ) -> _Reply:
+        self._raise_if_stopped()
+        self.requests_sent += 1
+        reader = _Body(cap, where)
+        try:
+            with trio.fail_after(self._settings.timeout) as scope:
+                async with client.stream("GET", path, params=params) as response:
+                    body = await reader.read(response, scope)
+                    location = response.headers.get("location", "")
+                    return _Reply(response.status_code, body, location)
+        except (httpx.HTTPError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            if reader.too_large:
+                raise reader.refusal("read") from exc
+            raise self._stopping(translate_error(exc, where, self._settings)) from exc
+
+    def _interpret(
+        self, reply: _Reply, decoder: msgspec.json.Decoder[T], where: str, *, not_found_ok: bool
+    ) -> T | NotFound:
+        status = reply.status
+        if status == 200:
+            try:
+                value = decoder.decode(reply.body)
+            except msgspec.DecodeError as exc:
+                raise translate_error(exc, where, self._settings) from exc
+            error = getattr(value, "error", None)
+            if error:
+                if _ACCOUNTS_FIRST.search(error):
+                    raise _AccountsFirst
+                raise RequestFailed("broker_error", f"{where}: HTTP 200 with error {clip(error)!r}")
+            return value
+        if 300 <= status < 400:
+            raise RequestFailed(
+                "redirect",
+                f"{where}: unexpected redirect (HTTP {status}) to {clip(reply.location)!r}; "
+                "check --base-url",
+            )
+        text = _error_text(reply.body)
+        if status in (401, 403):
+            raise self._stopping(
+                BrokerFatal(
+                    "auth",
+                    f"{where}: HTTP {status} {text!r}: the gateway session is not authenticated; "
+                    f"log in to the Client Portal Gateway ({_origin(self._settings)}), then rerun",
+                )
+            )
+        if status == 429:
+            raise self._stopping(
+                BrokerFatal(
+                    "rate_limited",
+                    f"{where}: HTTP 429: IBKR's pacing limit was exceeded and the client may be "
+                    "in its penalty box for 10-15 minutes; wait, then rerun with a lower --rate",
+                )
+            )
+        if _ACCOUNTS_FIRST.search(text):
+            raise _AccountsFirst
+        if status == 503 and not_found_ok and (match := _NOT_FOUND.search(text)):
+            return NotFound(match.group(1))
+        if 500 <= status < 600:
+            raise RequestFailed("server_error", f"{where}: HTTP {status} {text!r}", retryable=True)
+        raise RequestFailed("broker_error", f"{where}: HTTP {status} {text!r}")
+
+    async def _reprime(self, client: httpx.AsyncClient, generation: int) -> None:
+        """Query ``/iserver/accounts`` once for every worker that saw the same generation.
+
+        Cancellation: safe; a cancelled re-query leaves the generation unchanged, so the next
+        worker asks again.
+        """
+        async with self._reprime_lock:
+            if self._accounts_generation != generation:
+                return
+            log.info("the gateway asks to query /accounts first; querying it again")
+            await self.get(client, ACCOUNTS_PATH, ACCOUNTS, cap=SMALL_BODY_BYTES, may_reprime=False)
+            self._accounts_generation += 1
+
+    def _backoff(self, failures: int) -> float:
+        settings = self._settings
+        ceiling = min(settings.backoff_cap, settings.backoff_base * 2.0**failures)
+        return self._rng.uniform(0.0, ceiling)
+
+    def _raise_if_stopped(self) -> None:
+        if self._stopped is not None:
+            raise BrokerFatal(self._stopped.reason, f"stopped earlier: {self._stopped}")
+
+    def _stopping(self, exc: BrokerError) -> BrokerError:
+        if isinstance(exc, BrokerFatal) and self._stopped is None:
+            self._stopped = exc
+        return exc
+
+
+class _Body:
+    """Reads a body up to ``cap`` bytes, cutting the request short past it."""
+
+    def __init__(self, cap: int, where: str) -> None:
+        self.cap = cap
+        self.where = where
+        self.too_large = False
+
+    def refusal(self, size: str) -> RequestFailed:
+        return RequestFailed(
+            "response_too_large", f"{self.where}: the answer exceeds {self.cap} bytes ({size})"
+        )
+
+    async def read(self, response: httpx.Response, scope: trio.CancelScope) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.cap:
+            raise self.refusal(f"{declared} declared")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.cap:
+                # Cut by cancellation: it unwinds httpx's nested stream generators, where
+                # leaving the loop would abandon them to the garbage collector.
+                self.too_large = True
+                chunks.clear()
+                scope.cancel()
+                continue
+            chunks.append(chunk)
+        if self.too_large:
+            raise self.refusal("read")
+        return b"".join(chunks)
+
+
+def translate_error(exc: Exception, where: str, settings: CpapiSettings) -> BrokerError:
+    """The one translation of lower-layer errors into the package's.
+
+    TLS handshake failures stop the run (``tls``): every later request would fail the same
+    way. The real cause of those sits two levels down httpx's ``__cause__`` chain and is
+    surfaced in the message.
+    """
+    if isinstance(exc, msgspec.ValidationError):
+        return RequestFailed("bad_schema", f"{where}: unexpected answer: {exc}")
+    if isinstance(exc, msgspec.DecodeError | httpx.DecodingError):
+        return RequestFailed("bad_json", f"{where}: the answer is not valid JSON: {exc}")
+    origin = _origin(settings)
+    tls = _tls_failure(exc)
+    if tls is not None:
+        return BrokerFatal("tls", f"TLS failure talking to {origin}: {_describe_tls(tls)}")
+    if isinstance(exc, trio.TooSlowError | httpx.TimeoutException):
+        return RequestFailed(
+            "timeout",
+            f"{where}: no complete answer within {settings.timeout:g} s",
+            retryable=True,
+        )
+    cause = _describe_cause(exc)
+    if isinstance(exc, httpx.ConnectError):
+        return RequestFailed(
+            "unavailable",
+            f"cannot connect to the gateway at {origin}: {cause} "
+            "(is the Client Portal Gateway running, and is --base-url right?)",
+            retryable=True,
+        )
+    if isinstance(
+        exc, httpx.NetworkError | httpx.RemoteProtocolError | trio.BrokenResourceError | OSError
+    ):
+        return RequestFailed(
+            "unavailable", f"{where}: the connection failed: {cause}", retryable=True
+        )
+    return RequestFailed("unavailable", f"{where}: {cause}")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes and contexts, exceptions in its args and in its groups."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        todo.extend(a for a in current.args if isinstance(a, BaseException))
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+
+
+def _tls_failure(exc: Exception) -> ssl.SSLError | None:
+    """The TLS error of a failed handshake; a TLS EOF mid-stream is a connection failure."""
+    errors = [e for e in _chain(exc) if isinstance(e, ssl.SSLError)]
+    for error in errors:
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return error
+    if isinstance(exc, httpx.ConnectError):
+        for error in errors:
+            if not isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+                return error
+    return None
+
+
+def _describe_tls(error: ssl.SSLError) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        detail = error.verify_message or error.reason or str(error)
+        return (
+            f"certificate verify failed: {detail} (pass --cacert with the gateway's CA "
+            "certificate, or --insecure for a gateway on this machine)"
+        )
+    reason = error.reason.lower().replace("_", " ") if error.reason else str(error)
+    hint = " (does the gateway serve plain HTTP? try an http:// base URL)"
+    return f"TLS handshake failed: {reason}" + (hint if "wrong version" in reason else "")
+
+
+def _describe_cause(exc: Exception) -> str:
+    for error in _chain(exc):
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror
+    for error in _chain(exc):
+        text = str(error).strip()
+        if text:
+            return clip(text)
+    return type(exc).__name__
+
+
+def _error_text(body: bytes) -> str:
+    """IBKR's error message from an error body, or the start of the body."""
+    try:
+        decoded = ERROR_BODY.decode(body)
+    except msgspec.DecodeError:
+        return clip(body[:200].decode("utf-8", "replace"))
+    return clip(decoded.error or "")
+
+
+def _origin(settings: CpapiSettings) -> str:
+    url = httpx.URL(settings.base_url)
+    return str(url.copy_with(raw_path=b"/")).rstrip("/")
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """Untrusted text fit for one line of a message: control characters out, length capped."""
+    cleaned = "".join(
+        " " if unicodedata.category(ch).startswith("C") else ch for ch in text[: limit * 2]
+    )
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
