@@ -213,6 +213,44 @@ async def test_connection_failures_are_retried_then_unavailable(
     assert len(status_paths(gateway)) == 3
 
 
+async def test_gateway_down_mid_run_stops_the_run_after_a_few_rows(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gateway = gateway_with_order()
+    gateway.status["60"] = status_body(60)
+
+    async def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    for i in range(50, 60):
+        gateway.script(f"/iserver/account/order/status/{i}", refuse, refuse)
+    async with open_backend(gateway, retries=1, breaker_threshold=3) as backend:
+        async with backend.resolver() as resolver:
+            first = [await resolver.lookup(cancel(str(i))) for i in (50, 51)]
+            assert isinstance(await resolver.lookup(cancel("60")), Found)  # resets the count
+            more = [await resolver.lookup(cancel(str(i))) for i in (52, 53)]
+            with pytest.raises(BrokerFatal) as raised:
+                await resolver.lookup(cancel("54"))
+            sent = len(gateway.sent)
+            with pytest.raises(BrokerFatal):
+                await resolver.lookup(cancel("55"))
+    assert {a.reason for a in first + more if isinstance(a, Unresolved)} == {"unavailable"}
+    assert raised.value.reason == "unavailable"
+    assert "3 requests in a row" in str(raised.value)
+    assert len(gateway.sent) == sent
+
+
+async def test_breaker_threshold_zero_never_stops(autojump_clock: trio.testing.MockClock) -> None:
+    gateway = gateway_with_order()
+    gateway.script(STATUS_42, *[httpx.Response(500, json={"error": "down"})] * 20)
+    async with open_backend(gateway, retries=0, breaker_threshold=0) as backend:
+        async with backend.resolver() as resolver:
+            for _ in range(20):
+                answer = await resolver.lookup(cancel("42"))
+                assert isinstance(answer, Unresolved)
+                assert answer.reason == "server_error"
+
+
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "streamed"])
 async def test_oversized_body_is_abandoned(
     autojump_clock: trio.testing.MockClock, declared: bool

@@ -2,8 +2,10 @@
 
 Pure functions over decoded answers; the HTTP side lives in ``_http`` and ``_backend``.
 
-The asymmetry is deliberate: a row found in an answer is positive evidence and is used even when
-the other answer failed; absence needs every source to have answered completely.
+The asymmetry is deliberate: an order found in the listing (or by the status endpoint) is
+positive evidence, used even when the trades failed; a trade proves a fill only next to a listing
+that does not show the order (a partly filled order still working is in the listing); absence
+needs every source to have answered completely.
 """
 
 from __future__ import annotations

@@ -115,6 +115,7 @@ class Wire:
         self._pacer = Pacer.per_second(settings.rate)
         self._stopped: BrokerFatal | None = None
         self._accounts_generation = 0
+        self._given_up = 0
         self._reprime_lock = trio.Lock()
         self.requests_sent = 0
 
@@ -195,7 +196,8 @@ class Wire:
         RequestFailed
             No usable answer after the retries; ``reason`` says why.
         BrokerFatal
-            401/403, 429 or a TLS failure, now or earlier in the run (no request is sent then).
+            401/403, 429, a TLS failure, or ``breaker_threshold`` requests in a row that failed
+            all their retries; now or earlier in the run (no request is sent then).
 
         Cancellation: safe (reads only); a request cancelled in flight is abandoned and its
         connection closed.
@@ -208,7 +210,7 @@ class Wire:
             generation = self._accounts_generation
             try:
                 reply = await self._exchange(client, path, params, lane, cap, where)
-                return self._interpret(reply, decoder, where, not_found_ok=not_found_ok)
+                value = self._interpret(reply, decoder, where, not_found_ok=not_found_ok)
             except _AccountsFirst:
                 if reprimed:
                     raise RequestFailed(
@@ -217,12 +219,19 @@ class Wire:
                 reprimed = True
                 await self._reprime(client, generation)
             except RequestFailed as exc:
-                if not exc.retryable or failures >= self._settings.retries:
+                if not exc.retryable:
+                    self._given_up = 0
+                    raise
+                if failures >= self._settings.retries:
+                    self._give_up(exc)
                     raise
                 delay = self._backoff(failures)
                 failures += 1
                 log.info("%s; retry %d in %.2f s", exc, failures, delay)
                 await trio.sleep(delay)
+            else:
+                self._given_up = 0
+                return value
 
     async def _exchange(
         self,
@@ -322,6 +331,23 @@ class Wire:
             log.info("the gateway asks to query /accounts first; querying it again")
             await self.get(client, ACCOUNTS_PATH, ACCOUNTS, cap=SMALL_BODY_BYTES, may_reprime=False)
             self._accounts_generation += 1
+
+    def _give_up(self, exc: RequestFailed) -> None:
+        """Count a request that failed all its retries; too many in a row stop the run.
+
+        Without this, a gateway that went down mid-run would cost every remaining row its
+        full round of retries.
+        """
+        self._given_up += 1
+        limit = self._settings.breaker_threshold
+        if limit and self._given_up >= limit:
+            raise self._stopping(
+                BrokerFatal(
+                    "unavailable",
+                    f"{self._given_up} requests in a row failed after their retries, the last "
+                    f"with: {exc}; check the gateway, then rerun",
+                )
+            ) from exc
 
     def _backoff(self, failures: int) -> float:
         settings = self._settings

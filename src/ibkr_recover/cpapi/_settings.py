@@ -33,6 +33,7 @@ DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_RETRIES: Final = 3
 DEFAULT_BACKOFF_BASE: Final = 0.5
 DEFAULT_BACKOFF_CAP: Final = 8.0
+DEFAULT_BREAKER_THRESHOLD: Final = 5
 
 _LOOPBACK_NAMES: Final = frozenset({"localhost"})
 
@@ -68,6 +69,9 @@ class CpapiSettings:
     backoff_base, backoff_cap
         Retry ``n`` (from 0) waits a uniformly random time below
         ``min(backoff_cap, backoff_base * 2**n)`` seconds ("full jitter").
+    breaker_threshold
+        After this many requests in a row failed all their retries (unreachable, timeout,
+        5xx), the run stops with ``unavailable``; ``0`` never stops.
 
     Raises
     ------
@@ -88,6 +92,7 @@ class CpapiSettings:
     retries: int = DEFAULT_RETRIES
     backoff_base: float = DEFAULT_BACKOFF_BASE
     backoff_cap: float = DEFAULT_BACKOFF_CAP
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
     _ssl_context: ssl.SSLContext = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +106,7 @@ class CpapiSettings:
         _check_int("concurrency", self.concurrency, minimum=1)
         _check_int("max_body_bytes", self.max_body_bytes, minimum=1)
         _check_int("retries", self.retries, minimum=0)
+        _check_int("breaker_threshold", self.breaker_threshold, minimum=0)
         if self.insecure and self.cacert is not None:
             raise ConfigError("--cacert and --insecure exclude each other: pick one")
         loopback = _is_loopback(url.host)
