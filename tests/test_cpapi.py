@@ -374,3 +374,14 @@ async def test_modify_is_looked_up_like_a_cancel(autojump_clock: trio.testing.Mo
     async with open_backend(gateway) as backend, backend.resolver() as resolver:
         answer = await resolver.lookup(query)
     assert answer == Found(BrokerOrder(A1, "9", "Submitted", None))
+
+
+def test_public_names_are_pinned() -> None:
+    import ibkr_recover.cpapi
+
+    assert sorted(ibkr_recover.cpapi.__all__) == [
+        "CpapiBackend",
+        "CpapiResolver",
+        "CpapiSettings",
+        "DEFAULT_BASE_URL",
+    ]

@@ -309,6 +309,8 @@ class CpapiResolver:
 
     async def _by_order_id(self, query: Query) -> Answer:
         backend = self._backend
+        # IBKR order ids are numbers; anything else (a key used as fallback, a hostile string)
+        # can match no listing row and is never put into a URL path.
         order_id = parse_order_id(query.lookup_id)
         if order_id is None:
             return Unresolved("invalid_order_id", "the broker order id is not a number")
