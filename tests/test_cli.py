@@ -107,7 +107,9 @@ def test_pending_json_agrees_with_sql_counts(db_path: Path) -> None:
         rows.append({"key": f"k{i}", "payload": payload, "status": status})
     rows.append({"key": "noctx", "payload": "{}"})
     rows.append({"key": "badctx", "payload": "{oops"})
-    rows.append({"key": "young", "payload": context("paper", "submit", "DU1"), "created_at": int(NOW)})
+    rows.append(
+        {"key": "young", "payload": context("paper", "submit", "DU1"), "created_at": int(NOW)}
+    )
     make_db(db_path, rows)
 
     result = run("pending", str(db_path), "--json")
@@ -129,7 +131,9 @@ def test_pending_json_agrees_with_sql_counts(db_path: Path) -> None:
             " FROM order_idempotency_records GROUP BY 1, 2, 3"
         )
     }
-    got_groups = {(g["status"], g["workflow"], g["operation"]): g["count"] for g in summary["groups"]}
+    got_groups = {
+        (g["status"], g["workflow"], g["operation"]): g["count"] for g in summary["groups"]
+    }
     assert got_groups == expected_groups
     assert sum(summary["pending_by_age"].values()) == summary["pending"]
     assert summary["pending_by_age"]["lt_min_age"] == 1
