@@ -1,0 +1,295 @@
+"""A gateway database as ``ibkr-agent-gateway`` leaves it, written fast.
+
+The idempotency table comes from the package's own DDL; the other gateway tables get
+plausible DDL after the gateway's migrations (the tool must leave them intact, so they are
+there to be checked, not to be exact).
+
+Speed: SQLite's own insert work is about half of a generator's time per row, so for large
+databases it runs in a child process (:class:`GatewayWriter` with ``background=True``) while
+the parent builds the next batch. Pending rows travel as three joined buffers per batch rather
+than as pickled tuples, the child computes their ``request_hash``, and the insert binds four
+parameters (the rest are SQL literals). While generating: no rollback journal,
+``synchronous=OFF``, one transaction per batch; a fixture lost in a crash is simply generated
+again. The file is left in WAL mode, as the gateway runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+
+from .._schema import IDEMPOTENCY_DDL, IDEMPOTENCY_TABLE
+
+__all__ = ["GATEWAY_TABLES", "GatewayWriter", "PendingBatch", "Row"]
+
+#: (key, request_hash, result_hash, created_at, payload_json, status, updated_at, failure_json)
+Row = tuple[str, str, str | None, int, str, str, int | None, str | None]
+
+GATEWAY_TABLES = {
+    "audit_events": """\
+CREATE TABLE IF NOT EXISTS audit_events (
+    sequence_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    payload_json TEXT NOT NULL,
+    chain_hash TEXT NOT NULL DEFAULT ''
+)""",
+    "approval_records": """\
+CREATE TABLE IF NOT EXISTS approval_records (
+    approval_id TEXT PRIMARY KEY,
+    preview_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    consumed_at INTEGER
+)""",
+    "order_preview_records": """\
+CREATE TABLE IF NOT EXISTS order_preview_records (
+    preview_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+)""",
+    "live_orders_pending": """\
+CREATE TABLE IF NOT EXISTS live_orders_pending (
+    account_id TEXT NOT NULL,
+    broker_order_id TEXT NOT NULL,
+    last_status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_polled_at INTEGER NOT NULL,
+    PRIMARY KEY (account_id, broker_order_id)
+)""",
+    "order_groups": """\
+CREATE TABLE IF NOT EXISTS order_groups (
+    group_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+)""",
+}
+
+_INSERT_ROW = f"INSERT INTO {IDEMPOTENCY_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_PENDING = (
+    f"INSERT INTO {IDEMPOTENCY_TABLE} VALUES (?1, ?2, NULL, ?3, ?4, 'pending_writer', ?3, NULL)"
+)
+_SEP = "\x00"  # never part of a generated key or payload
+
+
+def request_hash(key: str, created: int) -> str:
+    """The ``request_hash`` a generated pending row carries."""
+    return hashlib.sha256(f"{key}|{created}".encode()).hexdigest()
+
+
+class PendingBatch:
+    """Pending rows being collected: key, ``created_at`` and payload, column by column."""
+
+    __slots__ = ("created", "keys", "payloads")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.created: list[int] = []
+        self.payloads: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def pack(self) -> tuple[bytes, bytes, bytes]:
+        """The batch as three buffers, and empty it."""
+        packed = (
+            _SEP.join(self.keys).encode(),
+            array("q", self.created).tobytes(),
+            _SEP.join(self.payloads).encode(),
+        )
+        self.keys.clear()
+        self.created.clear()
+        self.payloads.clear()
+        return packed
+
+
+class _Database:
+    """The connection that does the writing (in the parent or in the child)."""
+
+    def __init__(self, path: str) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(IDEMPOTENCY_DDL)
+        for ddl in GATEWAY_TABLES.values():
+            self._db.execute(ddl)
+
+    def pending(self, keys: bytes, created: bytes, payloads: bytes) -> None:
+        times = array("q")
+        times.frombytes(created)
+        if not times:
+            return
+        key_list = keys.decode().split(_SEP)
+        hashes = [request_hash(k, t) for k, t in zip(key_list, times, strict=True)]
+        rows = zip(key_list, hashes, times, payloads.decode().split(_SEP), strict=True)
+        self._db.execute("BEGIN")
+        self._db.executemany(_INSERT_PENDING, rows)
+        self._db.execute("COMMIT")
+
+    def rows(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if table == IDEMPOTENCY_TABLE:
+            sql = _INSERT_ROW
+        elif table in GATEWAY_TABLES:
+            sql = f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})"
+        else:
+            raise ValueError(f"not a gateway table: {table}")
+        self._db.execute("BEGIN")
+        self._db.executemany(sql, rows)
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        # The gateway runs in WAL mode; leave the file the way it would find it.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.close()
+
+
+_HEADER = struct.Struct("<cQQQ")
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError("the generator went away")
+    return data
+
+
+def child_main(path: str) -> int:
+    """The background writer's process: apply frames from stdin, report on stdout."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout
+    try:
+        db = _Database(path)
+        while True:
+            tag, a, b, c = _HEADER.unpack(_read_exactly(stdin, _HEADER.size))
+            first, second, third = (_read_exactly(stdin, n) for n in (a, b, c))
+            if tag == b"P":
+                db.pending(first, second, third)
+            elif tag == b"R":
+                db.rows(first.decode(), msgspec.json.decode(second))
+            else:
+                db.close()
+                break
+    except Exception as exc:
+        stdout.write(f"error {type(exc).__name__}: {exc}\n")
+        return 1
+    stdout.write("done\n")
+    return 0
+
+
+class GatewayWriter:
+    """Create a fresh gateway database at ``path`` (an existing file is replaced).
+
+    Parameters
+    ----------
+    path
+        The database file.
+    background
+        Do the SQLite work in a child process, overlapping with the caller's.
+
+    Use as a context manager; on a clean exit the database is complete and in WAL mode.
+    """
+
+    def __init__(self, path: Path, *, background: bool = False) -> None:
+        self._db: _Database | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+        if not background:
+            self._db = _Database(str(path))
+            return
+        # A plain child process rather than multiprocessing: spawning through multiprocessing
+        # re-imports the caller's __main__, which breaks any script without a main guard.
+        src = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+        code = "import sys; from ibkr_recover.simulator._gateway_db import child_main; "
+        code += "sys.exit(child_main(sys.argv[1]))"
+        self._child = subprocess.Popen(
+            [sys.executable, "-c", code, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    def __enter__(self) -> GatewayWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abandon()
+
+    def _send(self, tag: bytes, *parts: bytes) -> None:
+        stdin = self._child.stdin if self._child is not None else None
+        if stdin is None:
+            return
+        a, b, c = (*parts, b"", b"", b"")[:3]
+        try:
+            stdin.write(_HEADER.pack(tag, len(a), len(b), len(c)))
+            for part in (a, b, c):
+                stdin.write(part)
+        except BrokenPipeError:
+            self._finish()
+
+    def pending(self, batch: PendingBatch) -> None:
+        """Insert a batch of pending rows (and empty it), in one transaction."""
+        if not len(batch):
+            return
+        packed = batch.pack()
+        if self._child is not None:
+            self._send(b"P", *packed)
+        elif self._db is not None:
+            self._db.pending(*packed)
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert full rows into the idempotency table or one of :data:`GATEWAY_TABLES`."""
+        if self._child is not None:
+            self._send(b"R", table.encode(), msgspec.json.encode(list(rows)))
+        elif self._db is not None:
+            self._db.rows(table, rows)
+
+    def close(self) -> None:
+        """Finish writing; raises ``OSError`` when the background writer failed."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._child is not None:
+            self._send(b"C")
+            self._finish()
+
+    def _finish(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        out, _ = child.communicate()
+        if child.returncode != 0 or not out.startswith(b"done"):
+            message = out.decode(errors="replace").strip() or f"exit status {child.returncode}"
+            raise OSError(f"the database writer failed: {message}")
+
+    def _abandon(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+            self._child.communicate()
+            self._child = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,520 @@
+"""Building the rows of each case, the broker state behind them, and their expected decisions.
+
+Each ``_case_*`` builder takes one case and the row numbers generated as that case, appends
+the pending rows (key, ``created_at``, payload) to the output batch, the expected
+:class:`Decision` of each to the decisions, and records at the broker (the accounts' orders
+and trades) whatever the case implies.
+
+Builders work on a whole run of row numbers at once, with everything that does not depend
+on the row hoisted out of the loop: at a million rows the generator's speed is the sum of a
+few microseconds per row here.
+
+Accounts fill up to :data:`LISTED_LIMIT` listed orders each, then new ones are opened, so a
+regular account's listing always stays complete (non-empty and well under the cap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+from ._cases import Case
+from ._gateway_db import PendingBatch, Row
+from ._oracle import DEFAULT_MAX_CLEAR_AGE_S, Decision, DecisionKind, lifecycle_status
+from ._scenario import Account, Order, Trade
+
+__all__ = ["LISTED_LIMIT", "Builder", "RowBuilder"]
+
+#: Listed orders per regular account; far enough below the cap of 1000 that foreign rows
+#: and bracket legs never take a listing there.
+LISTED_LIMIT = 900
+#: The cap the ``capped`` account's listing is filled to (IBKR's documented maximum).
+CAP = 1000
+_FILLERS = 2
+_BLANK_KEYS = ("", " ", "   ", "\t", " \t ")
+_DECOYS = 4
+_PRICE = "190.00"
+_SPREAD_S = 3 * 86_400  # ordinary rows are between one hour and three days old
+
+Builder = Callable[[Case, range], None]
+
+
+def _context(wf: str, op: str, account: str, oid: int | None = None) -> str:
+    if oid is None:
+        return f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account}"}}'
+    return (
+        f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account}",'
+        f'"broker_order_id":"{oid}"}}'
+    )
+
+
+class _Clock:
+    """RFC 3339 UTC text of whole epoch seconds, from two small tables (fast)."""
+
+    def __init__(self) -> None:
+        self._dates: dict[int, str] = {}
+        self._times = [
+            f"{h:02d}:{m:02d}:{s:02d}Z" for h in range(24) for m in range(60) for s in range(60)
+        ]
+
+    def text(self, seconds: int) -> str:
+        day, second = divmod(seconds, 86_400)
+        date = self._dates.get(day)
+        if date is None:
+            date = self._dates[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86_400))
+        return date + self._times[second]
+
+
+class _Account:
+    __slots__ = ("id", "listed", "orders", "trades")
+
+    def __init__(self, account_id: str) -> None:
+        self.id = account_id
+        self.orders: list[Order] = []
+        self.trades: list[Trade] = []
+        self.listed = 0
+
+
+class _Pool:
+    """The regular accounts of one workflow."""
+
+    def __init__(self, new: Callable[[], _Account]) -> None:
+        self._new = new
+        self.all: list[_Account] = []
+        self._open: list[_Account] = []
+        self._rr = 0
+
+    def add(self) -> _Account:
+        account = self._new()
+        self.all.append(account)
+        self._open.append(account)
+        return account
+
+    def roomy(self, need: int = 1) -> _Account:
+        """The next account (round robin) with room for ``need`` more listed orders."""
+        while True:
+            if not self._open:
+                self.add()
+            account = self._open[self._rr % len(self._open)]
+            self._rr += 1
+            if account.listed + need <= LISTED_LIMIT:
+                return account
+            self._open.remove(account)
+
+    def any(self, need: int = 0) -> _Account:
+        """The next account, round robin, for a row that lists nothing."""
+        if not self.all:
+            self.add()
+        account = self.all[self._rr % len(self.all)]
+        self._rr += 1
+        return account
+
+
+class RowBuilder:
+    """Makes rows case by case and accumulates the broker state they imply.
+
+    Parameters
+    ----------
+    rng
+        The generator's seeded random source.
+    now
+        Reference time (epoch seconds).
+    accounts
+        Regular accounts to open up front (paper and live alternate).
+    valid_s
+        How far ahead of ``now`` too-recent rows are dated.
+    out
+        Where pending rows go.
+    decisions
+        Where the expected decision of every row goes.
+    """
+
+    def __init__(
+        self,
+        rng: random.Random,
+        now: int,
+        accounts: int,
+        valid_s: int,
+        out: PendingBatch,
+        decisions: dict[str, Decision],
+    ) -> None:
+        self._rng = rng
+        self._now = now
+        self._future = now + valid_s
+        self._out = out
+        self._decisions = decisions
+        self._clock = _Clock()
+        self._oid = 1_700_000_000 + rng.randrange(100_000_000)
+        self._ids: set[str] = set()
+        self._regular: list[_Account] = []
+        self._pools = {wf: _Pool(partial(self._regular_account, wf)) for wf in ("paper", "live")}
+        self._special: dict[str, _Account] = {}
+        self._blank_keys = 0
+        self._groups: list[tuple[str, str, str, int]] = []
+        for k in range(accounts):
+            self._pools[("paper", "live")[k % 2]].add()
+
+    def builder(self, kind: str) -> Builder:
+        """The builder of one case kind."""
+        handler: Builder = getattr(self, f"_case_{kind}")
+        return handler
+
+    def _emit(self, key: str, created: int, payload: str, decision: Decision) -> None:
+        self._out.keys.append(key)
+        self._out.created.append(created)
+        self._out.payloads.append(payload)
+        self._decisions[key] = decision
+
+    def _created(self, i: int) -> int:
+        return self._now - 3600 - (i * 7919) % _SPREAD_S
+
+    # -- accounts ----------------------------------------------------------------------
+
+    def _account_id(self, wf: str) -> str:
+        prefix = "DU" if wf == "paper" else "U"
+        while True:
+            candidate = f"{prefix}{self._rng.randrange(1_000_000, 10_000_000)}"
+            if candidate not in self._ids:
+                self._ids.add(candidate)
+                return candidate
+
+    def _regular_account(self, wf: str) -> _Account:
+        account = _Account(self._account_id(wf))
+        self._regular.append(account)
+        # A couple of unrelated orders, so that no regular listing is ever empty.
+        for _ in range(_FILLERS):
+            self._order(account, f"gw-{self._oid + 1}", "Submitted", self._now - 7200, 0, True)
+        return account
+
+    def _special_account(self, name: str, wf: str) -> _Account:
+        account = self._special.get(f"{name}-{wf}")
+        if account is None:
+            account = self._special[f"{name}-{wf}"] = _Account(self._account_id(wf))
+            if name == "capped":
+                for _ in range(CAP):
+                    ref = f"gw-{self._oid + 1}"
+                    self._order(account, ref, "Submitted", self._now - 7200, 0, True)
+        return account
+
+    def scenario_accounts(self) -> list[Account]:
+        """Every account in ``/iserver/accounts`` order: decoy first, then regular, special."""
+        decoys = [a for name, a in self._special.items() if name.startswith("decoy")]
+        others = [a for name, a in self._special.items() if not name.startswith("decoy")]
+        return [Account(a.id, a.orders, a.trades) for a in [*decoys, *self._regular, *others]]
+
+    # -- broker state ------------------------------------------------------------------
+
+    def _next_oid(self) -> int:
+        self._oid += 1
+        return self._oid
+
+    def _order(
+        self,
+        account: _Account,
+        ref: str,
+        status: str,
+        created: int,
+        i: int,
+        listed: bool,
+        parent: int | None = None,
+    ) -> tuple[int, int]:
+        """Place one order at the broker; returns its id and its time (epoch seconds).
+
+        The bulk of the orders is placed by :meth:`_found`, which inlines this.
+        """
+        self._oid += 1
+        oid = self._oid
+        at = created + 1 + i % 29
+        account.orders.append(Order(oid, ref, status, listed, at * 1000, parent_id=parent))
+        if listed:
+            account.listed += 1
+        return oid, at
+
+    # -- the cases ---------------------------------------------------------------------
+
+    def _found(self, case: Case, rows: range, listed: bool, fallback: bool) -> None:
+        """Orders the broker has (``listed`` or status-only); the rows complete."""
+        _, wf, op, status = case
+        pool = self._pools[wf]
+        pick = pool.roomy if listed else pool.any
+        lifecycle = lifecycle_status(status, op, wf)
+        submit = op == "submit"
+        filled_all = status == "Filled"
+        partial_fill = status in ("Cancelled", "ApiCancelled")
+        text = self._clock.text
+        keys, created_at, payloads = self._out.keys, self._out.created, self._out.payloads
+        decisions = self._decisions
+        base = self._now - 3600
+        for i in rows:
+            account = pick(1)
+            self._oid += 1
+            oid = self._oid
+            key = str(oid) if fallback else f"ord-{i:08d}"
+            created = base - (i * 7919) % _SPREAD_S
+            at = created + 1 + i % 29
+            ms = at * 1000
+            ref = key if submit else f"orig-{i:08d}"
+            account_id = account.id
+            if filled_all:
+                account.orders.append(Order(oid, ref, status, listed, ms, 1.0, 1.0, _PRICE))
+                # IBKR does not promise the order id on executions; give it to every other one.
+                trade_oid = oid if i % 2 else None
+                trade = Trade(f"{oid:010x}.{i:08x}.01.01", ref, trade_oid, ms, 1.0, _PRICE)
+                account.trades.append(trade)
+            elif partial_fill and i % 2:
+                account.orders.append(Order(oid, ref, status, listed, ms, 2.0, 1.0, _PRICE))
+                account.trades.append(Trade(f"{oid:010x}.{i:08x}.01.01", ref, None, ms, 1.0))
+            else:
+                account.orders.append(Order(oid, ref, status, listed, ms))
+            if listed:
+                account.listed += 1
+            if submit or fallback:
+                payload = f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account_id}"}}'
+            else:
+                payload = (
+                    f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account_id}",'
+                    f'"broker_order_id":"{oid}"}}'
+                )
+            keys.append(key)
+            created_at.append(created)
+            payloads.append(payload)
+            decisions[key] = Decision(
+                "complete", "found", account_id, wf, op, lifecycle, str(oid), text(at)
+            )
+
+    def _case_listed(self, case: Case, rows: range) -> None:
+        self._found(case, rows, True, False)
+
+    def _case_status_only(self, case: Case, rows: range) -> None:
+        self._found(case, rows, False, False)
+
+    def _case_fallback_found(self, case: Case, rows: range) -> None:
+        # The context has no broker_order_id, so the key (here the broker id) is the lookup.
+        status = "Cancelled" if case.operation == "cancel" else "Submitted"
+        for i in rows:
+            self._found(case._replace(status=status), range(i, i + 1), i % 2 == 0, True)
+
+    def _absent(self, case: Case, rows: range, reason: str) -> None:
+        wf, op = case.workflow, case.operation
+        pick = self._pools[wf].any
+        keys, created_at, payloads = self._out.keys, self._out.created, self._out.payloads
+        decisions = self._decisions
+        decision: DecisionKind = "clear" if reason == "cleared_missing" else "unresolved"
+        old = reason == "beyond_horizon"
+        base = self._now - 3600
+        for i in rows:
+            account_id = pick().id
+            key = f"ord-{i:08d}"
+            if old:
+                created = self._now - DEFAULT_MAX_CLEAR_AGE_S - 86_400 - i % 86_400
+            else:
+                created = base - (i * 7919) % _SPREAD_S
+            if op == "submit":
+                payload = f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account_id}"}}'
+            else:
+                self._oid += 1
+                payload = _context(wf, op, account_id, self._oid)
+            keys.append(key)
+            created_at.append(created)
+            payloads.append(payload)
+            decisions[key] = Decision(decision, reason, account_id, wf, op)
+
+    def _case_absent(self, case: Case, rows: range) -> None:
+        self._absent(case, rows, "cleared_missing")
+
+    def _case_absent_old(self, case: Case, rows: range) -> None:
+        self._absent(case, rows, "beyond_horizon")
+
+    def _case_fallback_absent(self, case: Case, rows: range) -> None:
+        wf, op = case.workflow, case.operation
+        for i in rows:
+            account = self._pools[wf].any().id
+            key = str(self._next_oid())
+            decision = Decision("clear", "cleared_missing", account, wf, op)
+            self._emit(key, self._created(i), _context(wf, op, account), decision)
+
+    def _in_trades_only(self, case: Case, rows: range, with_id: bool) -> None:
+        wf = case.workflow
+        for i in rows:
+            account = self._pools[wf].any()
+            created = self._created(i)
+            key = f"ord-{i:08d}"
+            oid = self._next_oid()
+            ms = (created + 5) * 1000
+            executions = 2 if i % 2 else 1  # a partial fill leaves several execution rows
+            for n in range(executions):
+                execution = f"{oid:010x}.{n:08x}.01.01"
+                account.trades.append(Trade(execution, key, oid if with_id else None, ms + n))
+            if with_id:
+                decision = Decision(
+                    "complete", "found", account.id, wf, "submit", "filled", str(oid)
+                )
+            else:
+                decision = Decision("unresolved", "found_in_trades_only", account.id, wf, "submit")
+            self._emit(key, created, _context(wf, "submit", account.id), decision)
+
+    def _case_trades_id(self, case: Case, rows: range) -> None:
+        self._in_trades_only(case, rows, True)
+
+    def _case_trades_noid(self, case: Case, rows: range) -> None:
+        self._in_trades_only(case, rows, False)
+
+    def _case_legs(self, case: Case, rows: range) -> None:
+        wf = case.workflow
+        for i in rows:
+            account = self._pools[wf].roomy(3)
+            created = self._created(i)
+            key = f"ord-{i:08d}"
+            parent, _ = self._order(account, f"{key}-parent", "PreSubmitted", created, i, True)
+            if i % 2:
+                # The parent already left the listing; its children are still working.
+                account.orders.pop()
+                account.listed -= 1
+            for leg in ("take-profit", "stop-loss"):
+                self._order(account, f"{key}-{leg}", "PreSubmitted", created, i, True, parent)
+            if len(self._groups) < 1000:
+                legs = f'{{"parent":"{key}-parent","take_profit":"{key}-take-profit"}}'
+                self._groups.append((key, account.id, legs, created))
+            decision = Decision("unresolved", "group_legs_found", account.id, wf, "submit")
+            self._emit(key, created, _context(wf, "submit", account.id), decision)
+
+    def _in_special(self, case: Case, rows: range, name: str, reason: str) -> None:
+        wf = case.workflow
+        account = self._special_account(name, wf).id
+        payload = _context(wf, "submit", account)
+        for i in rows:
+            decision = Decision("unresolved", reason, account, wf, "submit")
+            self._emit(f"ord-{i:08d}", self._created(i), payload, decision)
+
+    def _case_empty_listing(self, case: Case, rows: range) -> None:
+        self._in_special(case, rows, "empty", "empty_listing")
+
+    def _case_capped(self, case: Case, rows: range) -> None:
+        self._in_special(case, rows, "capped", "incomplete_listing")
+
+    def _case_foreign_ref(self, case: Case, rows: range) -> None:
+        decoy = self._special_account("decoy", "paper")
+        for i in rows:
+            # Only a few decoys: they must all fit in the foreign rows of one listing.
+            if len(decoy.orders) < _DECOYS:
+                self._order(decoy, f"ord-{i:08d}", "Submitted", self._created(i), i, True)
+        self._case_absent(case, rows)
+
+    def _case_unknown_account(self, case: Case, rows: range) -> None:
+        wf, op = case.workflow, case.operation
+        for i in rows:
+            # Seven digits with a leading zero: never one of the generated accounts.
+            account = f"{'DU' if wf == 'paper' else 'U'}0{i % 1_000_000:06d}"
+            oid = None if op == "submit" else self._next_oid()
+            decision = Decision("unresolved", "unknown_account", account, wf, op)
+            self._emit(f"ord-{i:08d}", self._created(i), _context(wf, op, account, oid), decision)
+
+    def _case_too_recent(self, case: Case, rows: range) -> None:
+        wf, op = case.workflow, case.operation
+        for i in rows:
+            account = self._pools[wf].roomy(1)
+            created = self._future + i % 600
+            key = f"ord-{i:08d}"
+            ref = key if op == "submit" else f"orig-{i:08d}"
+            oid, _ = self._order(account, ref, "Submitted", created, i, True)
+            payload = _context(wf, op, account.id, None if op == "submit" else oid)
+            self._emit(key, created, payload, Decision("skipped", "too_recent", account.id, wf, op))
+
+    def _case_no_context(self, case: Case, rows: range) -> None:
+        for i in rows:
+            payload = "{}" if i % 2 else ""
+            self._emit(
+                f"ord-{i:08d}", self._created(i), payload, Decision("unresolved", "no_context")
+            )
+
+    def _case_bad_context(self, case: Case, rows: range) -> None:
+        for i in rows:
+            account = self._pools["paper"].any().id
+            variants = (
+                f'{{"workflow":"paper","operation":"submit","account_id":"{account}"',
+                f'{{"workflow":"demo","operation":"submit","account_id":"{account}"}}',
+                f'{{"workflow":"paper","operation":"replace","account_id":"{account}"}}',
+                f'["paper","submit","{account}"]',
+                '{"workflow":"paper","operation":"cancel","account_id":42}',
+                '{"workflow":"paper","operation":"submit"}',
+            )
+            payload = variants[i % len(variants)]
+            decision = Decision("unresolved", "bad_context")
+            self._emit(f"ord-{i:08d}", self._created(i), payload, decision)
+
+    def _case_blank_key(self, case: Case, rows: range) -> None:
+        wf = case.workflow
+        for i in rows:
+            if self._blank_keys >= len(_BLANK_KEYS):
+                # Blank keys are few by nature (the key is the primary key).
+                self._case_no_context(case, range(i, i + 1))
+                continue
+            key = _BLANK_KEYS[self._blank_keys]
+            self._blank_keys += 1
+            account = self._pools[wf].any().id
+            decision = Decision("unresolved", "invalid_key", account, wf, "submit")
+            self._emit(key, self._created(i), _context(wf, "submit", account), decision)
+
+    # -- rows that must never be touched, and the other gateway tables -------------------
+
+    def untouched_rows(self, n: int) -> Iterator[tuple[Row, Decision]]:
+        """``n`` ``submitted`` and ``n`` ``failed_after_writer`` rows."""
+        failure = (
+            '{"code":"BROKER_BACKEND_UNAVAILABLE","message":"broker call failed",'
+            '"retryable":true,"user_action":"Inspect the broker-side order state before '
+            'retrying","audit_event_id":null}'
+        )
+        for j in range(n):
+            wf = ("paper", "live")[j % 2]
+            account = self._pools[wf].any().id
+            created = self._now - 7200 - j
+            oid = self._next_oid()
+            extra = '"execution_correlation":null,' if wf == "live" else ""
+            payload = (
+                f'{{"account_id":"{account}","broker_order_id":"{oid}",{extra}'
+                f'"status":"filled","updated_at":"{self._clock.text(created + 3)}"}}'
+            )
+            result = hashlib.sha256(payload.encode()).hexdigest()
+            key = f"done-{j:08d}"
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            row: Row = (key, digest, result, created, payload, "submitted", created + 3, None)
+            yield row, Decision("untouched", "submitted", account, wf, "submit")
+            key = f"failed-{j:08d}"
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            context = _context(wf, "submit", account)
+            failed: Row = (
+                key, digest, None, created, context, "failed_after_writer", created + 1, failure,
+            )  # fmt: skip
+            yield failed, Decision("untouched", "failed_after_writer", account, wf, "submit")
+
+    def side_tables(self) -> dict[str, list[tuple[Any, ...]]]:
+        """A few plausible rows for the gateway's other tables."""
+        now = self._now
+        events: list[tuple[Any, ...]] = []
+        for n, kind in enumerate(("session_started", "order_submitted", "order_cancelled")):
+            event_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+            payload = f'{{"event":"{kind}","n":{n}}}'
+            events.append((None, event_id, kind, now - 60 * n, payload, f"{n:064x}"))
+        approvals: list[tuple[Any, ...]] = []
+        previews: list[tuple[Any, ...]] = []
+        live: list[tuple[Any, ...]] = []
+        for n, account in enumerate(a.id for a in self._regular[:100]):
+            preview = f"prev-{n:06d}"
+            approvals.append(
+                (f"appr-{n:06d}", preview, account, "approved", "{}", now - 900, now + 900, None)
+            )
+            previews.append((preview, account, f"{n:064x}", "{}", now - 960))
+            if account.startswith("U"):
+                live.append((account, str(self._oid + 1 + n), "open", now - 900, now - 30))
+        return {
+            "audit_events": events,
+            "approval_records": approvals,
+            "order_preview_records": previews,
+            "live_orders_pending": live,
+            "order_groups": list(self._groups),
+        }
