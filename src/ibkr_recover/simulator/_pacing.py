@@ -44,6 +44,8 @@ class Pacer:
             return "penalty box"
         reason = self._violation(pacing, endpoint, now)
         if reason is not None:
+            # The sentence replaces the record: out of the box, the client starts afresh.
+            self.reset()
             self.penalty_until = now + pacing.penalty_s
             return reason
         if pacing.rate > 0:

@@ -111,7 +111,7 @@ class Account(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     trades: list[Trade] = msgspec.field(default_factory=list)
 
 
-class Pacing(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class Pacing(msgspec.Struct, forbid_unknown_fields=True):
     """IBKR's pacing limits; present in :class:`Switches` means "enforced".
 
     ``rate`` is the global budget in requests per second over a sliding window (``0``: no
@@ -130,7 +130,7 @@ class Pacing(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     slack_s: float = 0.1
 
 
-class Fault(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class Fault(msgspec.Struct, forbid_unknown_fields=True):
     """One fault, applied to the requests of ``endpoint`` that it matches.
 
     A request matches when the first ``skip`` matching requests have gone by, fewer than
@@ -155,7 +155,7 @@ class Fault(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     ms: float = 0.0
 
 
-class Switches(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class Switches(msgspec.Struct, forbid_unknown_fields=True):
     """The behaviour of the simulated gateway, changeable at run time.
 
     Attributes

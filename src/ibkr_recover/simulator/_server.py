@@ -56,8 +56,8 @@ def oversized_pieces(body: bytes, size: int) -> Iterator[bytes]:
         room = max(0, size - 2 - len(unit))
         count, spaces = divmod(room, len(unit) + 1)
         yield b"["
-        block = (unit + b",") * max(1, _CHUNK // (len(unit) + 1))
-        per_block = block.count(b",")
+        per_block = max(1, _CHUNK // (len(unit) + 1))
+        block = (unit + b",") * per_block
         full, rest = divmod(count, per_block)
         for _ in range(full):
             yield block
