@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from ibkr_recover import Absent, BrokerError, BrokerFatal, Found, Unresolved
-from ibkr_recover.cpapi._http import translate_error
+from ibkr_recover.cpapi._translate import translate_error
 from test_cpapi_fakes import (
     A1,
     FakeGateway,

@@ -39,7 +39,7 @@ from ._evidence import (
     find_by_order_id,
     parse_order_id,
 )
-from ._http import ACCOUNTS_PATH, SMALL_BODY_BYTES, NotFound, RequestFailed, Wire, clip
+from ._http import ACCOUNTS_PATH, SMALL_BODY_BYTES, NotFound, Wire
 from ._models import (
     ACCOUNTS,
     AUTH_STATUS,
@@ -52,6 +52,7 @@ from ._models import (
     TradeRow,
 )
 from ._settings import CpapiSettings
+from ._translate import RequestFailed, clip
 
 __all__ = ["CpapiBackend", "CpapiResolver"]
 
