@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
@@ -28,7 +28,7 @@ class _Line(msgspec.Struct):
     reason: str
 
 
-def _mismatches(outcomes: Path, expected: dict[str, tuple[str, str]]) -> list[str]:
+def _mismatches(outcomes: Path, expected: Mapping[str, tuple[str, str]]) -> list[str]:
     decoder = msgspec.json.Decoder(_Line)
     seen: dict[str, tuple[str, str]] = {}
     for raw in outcomes.read_bytes().splitlines():
