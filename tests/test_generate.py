@@ -14,9 +14,9 @@ import msgspec
 import pytest
 
 from ibkr_recover._schema import IDEMPOTENCY_COLUMNS
-from ibkr_recover.simulator import Scenario, load_scenario, run_in_thread
+from ibkr_recover.simulator import Expected, Scenario, generate, load_scenario, run_in_thread
 from ibkr_recover.simulator._gateway_db import GATEWAY_TABLES, GatewayWriter, PendingBatch
-from ibkr_recover.simulator._generate import Expected, generate, main
+from ibkr_recover.simulator._generate import main
 from ibkr_recover.simulator._oracle import lifecycle_status
 
 NOW = 1_765_000_000
@@ -354,3 +354,21 @@ def test_simulator_serves_the_generated_orders(mixed: tuple[Path, Scenario, Expe
                     assert c.get(f"/iserver/account/order/status/{key}").status_code == 503
             elif d.reason == "unknown_account":
                 assert d.account not in listed
+
+
+def test_public_names() -> None:
+    import ibkr_recover.simulator as simulator
+
+    wanted = "generate Expected Decision Report MIXES run_in_thread simulate Scenario Switches"
+    wanted += " Fault Pacing load_scenario SimulatorHandle start_simulator"
+    assert set(simulator.__all__) >= set(wanted.split())
+    for name in simulator.__all__:
+        assert hasattr(simulator, name), name
+
+
+def test_generate_stays_callable_after_the_command_module_is_imported(tmp_path: Path) -> None:
+    import ibkr_recover.simulator
+    import ibkr_recover.simulator.generate  # rebinds the package attribute to the module
+
+    expected = ibkr_recover.simulator.generate(tmp_path / "d.db", tmp_path / "s.json", rows=5)
+    assert expected.pending == 5

@@ -16,6 +16,12 @@ from __future__ import annotations
 from ._broker import LoggedRequest as LoggedRequest
 from ._broker import Stats as Stats
 from ._command import simulate as simulate
+from ._generate import MIXES as MIXES
+from ._generate import Expected as Expected
+from ._generate import Mix as Mix
+from ._generate import Report as Report
+from ._generate import generate as generate
+from ._oracle import Decision as Decision
 from ._scenario import Account as Account
 from ._scenario import Endpoint as Endpoint
 from ._scenario import Fault as Fault
@@ -39,12 +45,17 @@ from ._tls import CertKind as CertKind
 __all__ = [
     "Account",
     "CertKind",
+    "Decision",
     "Endpoint",
+    "Expected",
     "Fault",
     "FaultKind",
     "LoggedRequest",
+    "MIXES",
+    "Mix",
     "Order",
     "Pacing",
+    "Report",
     "Running",
     "Scenario",
     "ScenarioError",
@@ -54,6 +65,7 @@ __all__ = [
     "Trade",
     "demo_scenario",
     "dump_scenario",
+    "generate",
     "load_scenario",
     "merge_switches",
     "run_in_thread",

@@ -37,7 +37,7 @@ CONTROL_PREFIX = "/__sim/"
 
 _encode = msgspec.json.encode
 
-Mode = Literal["normal", "truncated", "oversized", "slow", "drop", "hang"]
+Mode = Literal["normal", "truncated", "oversized", "unannounced", "slow", "drop", "hang"]
 
 
 class Reply:
@@ -45,8 +45,9 @@ class Reply:
 
     ``mode`` is ``normal`` (send it), ``truncated`` (announce the full length, send half,
     close), ``oversized`` (stream a valid-looking body of ``param`` bytes built around
-    ``body``), ``slow`` (trickle the body at ``param`` bytes/s), ``drop`` (close without an
-    answer) or ``hang`` (never answer).
+    ``body``), ``unannounced`` (the same without a ``Content-Length``, then close), ``slow``
+    (trickle the body at ``param`` bytes/s), ``drop`` (close without an answer) or ``hang``
+    (never answer).
     """
 
     __slots__ = ("body", "delay", "mode", "param", "status")
@@ -113,6 +114,17 @@ def _classify(method: str, path: str) -> str:
 
 def _json(status: int, value: Any) -> Reply:
     return Reply(status, _encode(value))
+
+
+def _mistyped(value: Any) -> Any:
+    """The same document with every string turned into a number: valid JSON, wrong schema."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return [_mistyped(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _mistyped(item) for key, item in value.items()}
+    return value
 
 
 def _error(status: int, message: str, *, code: bool = True) -> Reply:
@@ -325,7 +337,10 @@ class Broker:
         elif kind == "truncated":
             reply.mode = "truncated"
         elif kind == "oversized":
-            reply.mode, reply.param = "oversized", fault.size
+            reply.mode = "oversized" if fault.announce else "unannounced"
+            reply.param = fault.size
+        elif kind == "wrong_schema":
+            reply.body = _encode(_mistyped(msgspec.json.decode(reply.body)))
         elif kind == "slow_body":
             reply.mode, reply.param = "slow", fault.bytes_per_s
         return reply

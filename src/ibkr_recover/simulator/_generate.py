@@ -151,6 +151,7 @@ def _write_rows(
     n = len(schedule)
     for start in range(0, rows, _BATCH):
         stop = min(rows, start + _BATCH)
+        batch.open(start, stop - start)
         for index, (build, case) in enumerate(schedule):
             build(case, range(start + (index - start) % n, stop, n))
         db.pending(batch)

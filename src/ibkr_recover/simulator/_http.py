@@ -138,13 +138,17 @@ def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 
 
-def response_head(status: int, length: int, *, close: bool = False) -> bytes:
-    """The status line and headers of a JSON response of ``length`` body bytes."""
+def response_head(status: int, length: int | None, *, close: bool = False) -> bytes:
+    """The status line and headers of a JSON response of ``length`` body bytes.
+
+    ``length=None`` leaves ``Content-Length`` out: the body ends when the connection closes.
+    """
     reason = reason_phrase(status)
     connection = b"Connection: close\r\n" if close else b""
-    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+    size = b"" if length is None else b"Content-Length: %d\r\n" % length
+    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s%s\r\n" % (
         status,
         reason.encode("ascii"),
-        length,
+        size,
         connection,
     )

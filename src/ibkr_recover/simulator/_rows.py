@@ -62,6 +62,14 @@ class _Clock:
             f"{h:02d}:{m:02d}:{s:02d}Z" for h in range(24) for m in range(60) for s in range(60)
         ]
 
+    def tables(self, now: int) -> tuple[dict[int, str], list[str]]:
+        """The date table (filled for every day a generated row can fall on) and time table."""
+        first = (now - 30 * 86_400) // 86_400
+        for day in range(first, first + 40):
+            if day not in self._dates:
+                self._dates[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86_400))
+        return self._dates, self._times
+
     def text(self, seconds: int) -> str:
         day, second = divmod(seconds, 86_400)
         date = self._dates.get(day)
@@ -105,6 +113,20 @@ class _Pool:
             if account.listed + need <= LISTED_LIMIT:
                 return account
             self._open.remove(account)
+
+    def take(self, n: int, need: int) -> list[_Account]:
+        """Accounts for ``n`` rows (round robin), each with room for ``need`` listed orders.
+
+        Room is reserved here: the caller places the orders without counting them.
+        """
+        if need == 0:
+            return [self.any() for _ in range(n)]
+        picked = []
+        for _ in range(n):
+            account = self.roomy(need)
+            account.listed += need
+            picked.append(account)
+        return picked
 
     def any(self, need: int = 0) -> _Account:
         """The next account, round robin, for a row that lists nothing."""
@@ -164,10 +186,11 @@ class RowBuilder:
         handler: Builder = getattr(self, f"_case_{kind}")
         return handler
 
-    def _emit(self, key: str, created: int, payload: str, decision: Decision) -> None:
-        self._out.keys.append(key)
-        self._out.created.append(created)
-        self._out.payloads.append(payload)
+    def _emit(self, i: int, key: str, created: int, payload: str, decision: Decision) -> None:
+        out = self._out
+        out.keys[i - out.start] = key
+        out.created[i - out.start] = created
+        out.payloads[i - out.start] = payload
         self._decisions[key] = decision
 
     def _created(self, i: int) -> int:
@@ -238,27 +261,33 @@ class RowBuilder:
     # -- the cases ---------------------------------------------------------------------
 
     def _found(self, case: Case, rows: range, listed: bool, fallback: bool) -> None:
-        """Orders the broker has (``listed`` or status-only); the rows complete."""
+        """Orders the broker has (``listed`` or status-only); the rows complete.
+
+        The hot path of every mix: the per-row work is inlined, and whatever depends only on
+        the case or the account (the context's prefix) is computed once.
+        """
         _, wf, op, status = case
         pool = self._pools[wf]
-        pick = pool.roomy if listed else pool.any
+        picked = pool.take(len(rows), 1 if listed else 0)
         lifecycle = lifecycle_status(status, op, wf)
-        submit = op == "submit"
+        ref_is_key = op == "submit"
+        context_id = not ref_is_key and not fallback
         filled_all = status == "Filled"
         partial_fill = status in ("Cancelled", "ApiCancelled")
-        text = self._clock.text
+        dates, times = self._clock.tables(self._now)
         keys, created_at, payloads = self._out.keys, self._out.created, self._out.payloads
+        start = self._out.start
         decisions = self._decisions
+        prefixes: dict[str, str] = {}
         base = self._now - 3600
-        for i in rows:
-            account = pick(1)
-            self._oid += 1
-            oid = self._oid
+        oid = self._oid
+        for i, account in zip(rows, picked, strict=True):
+            oid += 1
             key = str(oid) if fallback else f"ord-{i:08d}"
             created = base - (i * 7919) % _SPREAD_S
             at = created + 1 + i % 29
             ms = at * 1000
-            ref = key if submit else f"orig-{i:08d}"
+            ref = key if ref_is_key else f"orig-{i:08d}"
             account_id = account.id
             if filled_all:
                 account.orders.append(Order(oid, ref, status, listed, ms, 1.0, 1.0, _PRICE))
@@ -271,21 +300,27 @@ class RowBuilder:
                 account.trades.append(Trade(f"{oid:010x}.{i:08x}.01.01", ref, None, ms, 1.0))
             else:
                 account.orders.append(Order(oid, ref, status, listed, ms))
-            if listed:
-                account.listed += 1
-            if submit or fallback:
-                payload = f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account_id}"}}'
-            else:
-                payload = (
-                    f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account_id}",'
-                    f'"broker_order_id":"{oid}"}}'
-                )
-            keys.append(key)
-            created_at.append(created)
-            payloads.append(payload)
+            prefix = prefixes.get(account_id)
+            if prefix is None:
+                prefix = prefixes[account_id] = _context(wf, op, account_id)[:-1]
+            oid_text = str(oid)
+            payload = f'{prefix},"broker_order_id":"{oid_text}"}}' if context_id else prefix + "}"
+            j = i - start
+            keys[j] = key
+            created_at[j] = created
+            payloads[j] = payload
+            day, second = divmod(at, 86_400)
             decisions[key] = Decision(
-                "complete", "found", account_id, wf, op, lifecycle, str(oid), text(at)
+                "complete",
+                "found",
+                account_id,
+                wf,
+                op,
+                lifecycle,
+                oid_text,
+                dates[day] + times[second],
             )
+        self._oid = oid
 
     def _case_listed(self, case: Case, rows: range) -> None:
         self._found(case, rows, True, False)
@@ -303,6 +338,7 @@ class RowBuilder:
         wf, op = case.workflow, case.operation
         pick = self._pools[wf].any
         keys, created_at, payloads = self._out.keys, self._out.created, self._out.payloads
+        start = self._out.start
         decisions = self._decisions
         decision: DecisionKind = "clear" if reason == "cleared_missing" else "unresolved"
         old = reason == "beyond_horizon"
@@ -319,9 +355,10 @@ class RowBuilder:
             else:
                 self._oid += 1
                 payload = _context(wf, op, account_id, self._oid)
-            keys.append(key)
-            created_at.append(created)
-            payloads.append(payload)
+            j = i - start
+            keys[j] = key
+            created_at[j] = created
+            payloads[j] = payload
             decisions[key] = Decision(decision, reason, account_id, wf, op)
 
     def _case_absent(self, case: Case, rows: range) -> None:
@@ -336,7 +373,7 @@ class RowBuilder:
             account = self._pools[wf].any().id
             key = str(self._next_oid())
             decision = Decision("clear", "cleared_missing", account, wf, op)
-            self._emit(key, self._created(i), _context(wf, op, account), decision)
+            self._emit(i, key, self._created(i), _context(wf, op, account), decision)
 
     def _in_trades_only(self, case: Case, rows: range, with_id: bool) -> None:
         wf = case.workflow
@@ -356,7 +393,7 @@ class RowBuilder:
                 )
             else:
                 decision = Decision("unresolved", "found_in_trades_only", account.id, wf, "submit")
-            self._emit(key, created, _context(wf, "submit", account.id), decision)
+            self._emit(i, key, created, _context(wf, "submit", account.id), decision)
 
     def _case_trades_id(self, case: Case, rows: range) -> None:
         self._in_trades_only(case, rows, True)
@@ -381,7 +418,7 @@ class RowBuilder:
                 legs = f'{{"parent":"{key}-parent","take_profit":"{key}-take-profit"}}'
                 self._groups.append((key, account.id, legs, created))
             decision = Decision("unresolved", "group_legs_found", account.id, wf, "submit")
-            self._emit(key, created, _context(wf, "submit", account.id), decision)
+            self._emit(i, key, created, _context(wf, "submit", account.id), decision)
 
     def _in_special(self, case: Case, rows: range, name: str, reason: str) -> None:
         wf = case.workflow
@@ -389,7 +426,7 @@ class RowBuilder:
         payload = _context(wf, "submit", account)
         for i in rows:
             decision = Decision("unresolved", reason, account, wf, "submit")
-            self._emit(f"ord-{i:08d}", self._created(i), payload, decision)
+            self._emit(i, f"ord-{i:08d}", self._created(i), payload, decision)
 
     def _case_empty_listing(self, case: Case, rows: range) -> None:
         self._in_special(case, rows, "empty", "empty_listing")
@@ -412,7 +449,9 @@ class RowBuilder:
             account = f"{'DU' if wf == 'paper' else 'U'}0{i % 1_000_000:06d}"
             oid = None if op == "submit" else self._next_oid()
             decision = Decision("unresolved", "unknown_account", account, wf, op)
-            self._emit(f"ord-{i:08d}", self._created(i), _context(wf, op, account, oid), decision)
+            self._emit(
+                i, f"ord-{i:08d}", self._created(i), _context(wf, op, account, oid), decision
+            )
 
     def _case_too_recent(self, case: Case, rows: range) -> None:
         wf, op = case.workflow, case.operation
@@ -423,13 +462,15 @@ class RowBuilder:
             ref = key if op == "submit" else f"orig-{i:08d}"
             oid, _ = self._order(account, ref, "Submitted", created, i, True)
             payload = _context(wf, op, account.id, None if op == "submit" else oid)
-            self._emit(key, created, payload, Decision("skipped", "too_recent", account.id, wf, op))
+            self._emit(
+                i, key, created, payload, Decision("skipped", "too_recent", account.id, wf, op)
+            )
 
     def _case_no_context(self, case: Case, rows: range) -> None:
         for i in rows:
             payload = "{}" if i % 2 else ""
             self._emit(
-                f"ord-{i:08d}", self._created(i), payload, Decision("unresolved", "no_context")
+                i, f"ord-{i:08d}", self._created(i), payload, Decision("unresolved", "no_context")
             )
 
     def _case_bad_context(self, case: Case, rows: range) -> None:
@@ -445,7 +486,7 @@ class RowBuilder:
             )
             payload = variants[i % len(variants)]
             decision = Decision("unresolved", "bad_context")
-            self._emit(f"ord-{i:08d}", self._created(i), payload, decision)
+            self._emit(i, f"ord-{i:08d}", self._created(i), payload, decision)
 
     def _case_blank_key(self, case: Case, rows: range) -> None:
         wf = case.workflow
@@ -458,7 +499,7 @@ class RowBuilder:
             self._blank_keys += 1
             account = self._pools[wf].any().id
             decision = Decision("unresolved", "invalid_key", account, wf, "submit")
-            self._emit(key, self._created(i), _context(wf, "submit", account), decision)
+            self._emit(i, key, self._created(i), _context(wf, "submit", account), decision)
 
     # -- rows that must never be touched, and the other gateway tables -------------------
 
@@ -487,9 +528,8 @@ class RowBuilder:
             key = f"failed-{j:08d}"
             digest = hashlib.sha256(key.encode()).hexdigest()
             context = _context(wf, "submit", account)
-            failed: Row = (
-                key, digest, None, created, context, "failed_after_writer", created + 1, failure,
-            )  # fmt: skip
+            status = "failed_after_writer"
+            failed: Row = (key, digest, None, created, context, status, created + 1, failure)
             yield failed, Decision("untouched", "failed_after_writer", account, wf, "submit")
 
     def side_tables(self) -> dict[str, list[tuple[Any, ...]]]:

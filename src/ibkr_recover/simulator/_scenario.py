@@ -47,6 +47,7 @@ FaultKind = Literal[
     "slow_body",
     "wrong_order",
     "wrong_account",
+    "wrong_schema",
     "delay",
     "drop",
     "hang",
@@ -139,8 +140,10 @@ class Fault(msgspec.Struct, forbid_unknown_fields=True):
     faults only add ``ms`` and let the next fault decide.
 
     ``status`` is the HTTP status of an ``error`` (a list is cycled through: a burst of
-    500, 502, 503); ``size`` the byte size of an ``oversized`` body; ``bytes_per_s`` the rate
-    of a ``slow_body``; ``message`` the error text of ``error``/``error_200``.
+    500, 502, 503); ``size`` the byte size of an ``oversized`` body, and ``announce`` whether
+    its ``Content-Length`` says so (``False``: no length, the body ends when the connection
+    closes, so only counting the bytes can stop it); ``bytes_per_s`` the rate of a
+    ``slow_body``; ``message`` the error text of ``error``/``error_200``.
     """
 
     kind: FaultKind
@@ -151,6 +154,7 @@ class Fault(msgspec.Struct, forbid_unknown_fields=True):
     status: int | list[int] = 503
     message: str = ""
     size: int = 16 * 1024 * 1024
+    announce: bool = True
     bytes_per_s: float = 64.0
     ms: float = 0.0
 

@@ -151,7 +151,7 @@ class _Connection(asyncio.Protocol):
             request, used = parsed
             del self._buf[:used]
             reply = handle(request, arrival)
-            close = not request.keep_alive or reply.mode in ("truncated", "drop")
+            close = not request.keep_alive or reply.mode in ("truncated", "unannounced", "drop")
             slot = _Slot(reply, close)
             self._queue.append(slot)
             if reply.mode != "hang":
@@ -210,9 +210,10 @@ class _Connection(asyncio.Protocol):
             elif mode == "truncated":
                 head = response_head(reply.status, len(reply.body), close=True)
                 transport.write(head + reply.body[: len(reply.body) // 2])
-            elif mode == "oversized":
+            elif mode in ("oversized", "unannounced"):
                 size = int(reply.param)
-                transport.write(response_head(reply.status, size, close=slot.close))
+                length = size if mode == "oversized" else None
+                transport.write(response_head(reply.status, length, close=slot.close))
                 self._start_stream(oversized_pieces(reply.body, size), 0.0, slot.close)
                 return
             elif mode == "slow":
@@ -245,7 +246,9 @@ class _Connection(asyncio.Protocol):
         stream = self._stream
         if transport is None or stream is None:
             return
-        while not self._write_paused:
+        # A client that hung up mid-body closes the transport; writing on would only feed
+        # asyncio's "socket.send() raised exception" warnings until the stream ran out.
+        while not self._write_paused and not transport.is_closing():
             piece = next(stream, None)
             if piece is None:
                 self._stream = None
