@@ -730,6 +730,17 @@ def test_command_refuses_a_bad_scenario(tmp_path: Path, capsys: pytest.CaptureFi
     assert "$.accounts" in capsys.readouterr().err
 
 
+def test_command_error_options_become_faults(tmp_path: Path) -> None:
+    from ibkr_recover.simulator._command import _switch_update
+
+    options = vars(build_parser().parse_args(["--error-burst", "3", "--error-endpoint", "status"]))
+    options.update(error_rate=0.5)
+    faults = _switch_update(options)["faults"]
+    assert faults[0] == msgspec.to_builtins(Fault("error", "status", 3, status=[500, 502, 503]))
+    assert faults[1]["probability"] == 0.5
+    assert faults[1]["endpoint"] == "status"
+
+
 def test_command_options_come_from_the_signature() -> None:
     options = vars(build_parser().parse_args(["--no-warmup", "--fault", "drop:auth:1"]))
     assert options["warmup"] is False

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import msgspec
 
 from ._scenario import (
+    Endpoint,
     Fault,
     Scenario,
     ScenarioError,
@@ -58,6 +59,8 @@ def simulate(
     disconnected: bool | None = None,
     error_rate: float | None = None,
     error_status: int = 503,
+    error_burst: int | None = None,
+    error_endpoint: Endpoint = "all",
     fault: list[str] | None = None,
     seed: int | None = None,
 ) -> None:
@@ -110,6 +113,10 @@ def simulate(
         Fraction of broker requests answered with ERROR_STATUS (seeded random draw).
     error_status : int
         HTTP status of the random errors of ERROR_RATE.
+    error_burst : int | None
+        Fail the first N requests (of ERROR_ENDPOINT) with 500, 502, 503 in turn, then succeed.
+    error_endpoint : str
+        Where ERROR_RATE and ERROR_BURST apply: auth, accounts, listing, trades, status or all.
     fault : list[str] | None
         A fault, as JSON ({"kind":"error","endpoint":"status","count":3}) or
         KIND[:ENDPOINT[:COUNT]]; repeatable.
@@ -157,10 +164,12 @@ def _switch_update(options: dict[str, Any]) -> dict[str, Any]:
     elif options["pacing"] or limits:
         update["pacing"] = limits
     faults: list[Fault] = []
+    where = options["error_endpoint"]
+    if options["error_burst"]:
+        faults.append(Fault("error", where, options["error_burst"], status=[500, 502, 503]))
     if options["error_rate"]:
-        faults.append(
-            Fault("error", probability=options["error_rate"], status=options["error_status"])
-        )
+        rate, status = options["error_rate"], options["error_status"]
+        faults.append(Fault("error", where, probability=rate, status=status))
     faults.extend(parse_fault(text) for text in options["fault"] or ())
     if faults:
         update["faults"] = msgspec.to_builtins(faults)
