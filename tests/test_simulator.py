@@ -414,6 +414,29 @@ def test_oversized_body_is_streamed(sim: SimulatorHandle) -> None:
         assert chunk.startswith(b'{"padding":"')
 
 
+def test_oversized_body_without_a_length_ends_at_close(sim: SimulatorHandle) -> None:
+    size = 2 * 1024 * 1024
+    sim.configure(
+        faults=[{"kind": "oversized", "endpoint": "auth", "size": size, "announce": False}]
+    )
+    with httpx.Client(base_url=sim.base_url) as c:
+        response = c.get("/iserver/auth/status")
+    assert "content-length" not in response.headers
+    assert len(response.content) == size
+    assert response.json()["authenticated"] is True
+
+
+def test_wrong_schema_is_valid_json_of_the_wrong_types(
+    sim: SimulatorHandle, client: httpx.Client
+) -> None:
+    client.get("/iserver/accounts")
+    sim.configure(faults=[{"kind": "wrong_schema", "endpoint": "status"}])
+    body = status_of(client).json()
+    assert body["order_id"] == 1001
+    assert isinstance(body["order_status"], int)
+    assert isinstance(body["account"], int)
+
+
 def test_slow_body_trickles(sim: SimulatorHandle, client: httpx.Client) -> None:
     sim.configure(faults=[{"kind": "slow_body", "endpoint": "auth", "bytes_per_s": 800}])
     started = time.monotonic()

@@ -16,6 +16,7 @@ Order of the checks for a broker request, each one short-circuiting the rest:
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections import deque
@@ -110,6 +111,12 @@ def _classify(method: str, path: str) -> str:
     if p.startswith("/iserver/account/order/status/"):
         return "status"
     return "other"
+
+
+@functools.lru_cache(maxsize=4096)
+def _query(query: str) -> dict[str, list[str]]:
+    # Clients repeat the same few query strings (one per account); never mutate the result.
+    return parse_qs(query)
 
 
 def _json(status: int, value: Any) -> Reply:
@@ -365,7 +372,7 @@ class Broker:
             return _error(500, "Please query /accounts first", code=False)
         if endpoint == "status":
             return self._status(request.path.rsplit("/", 1)[-1], fault)
-        params = parse_qs(request.query)
+        params = _query(request.query)
         account = params.get("accountId", [""])[0]
         if endpoint == "listing":
             return self._listing(account, params, fault)
