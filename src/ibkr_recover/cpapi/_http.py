@@ -201,13 +201,17 @@ class Wire:
                     self._given_up = 0
                     raise
                 if failures >= self._settings.retries:
+                    # One line per retry burst: the attempts themselves are logged at debug.
+                    log.warning("%s; gave up after %d retries", exc, failures)
                     self._give_up(exc)
                     raise
                 delay = self._backoff(failures)
                 failures += 1
-                log.info("%s; retry %d in %.2f s", exc, failures, delay)
+                log.debug("%s; retry %d in %.2f s", exc, failures, delay)
                 await trio.sleep(delay)
             else:
+                if failures:
+                    log.warning("%s succeeded after %d retries", where, failures)
                 self._given_up = 0
                 return value
 
