@@ -1,7 +1,7 @@
 """The HTTP/1.1 server: an ``asyncio.Protocol`` per connection, no framework.
 
 Speed matters here (the benchmarks must never be limited by the simulator), so the hot path
-is one buffer search, one dictionary lookup and one ``transport.write`` per request, and
+is one buffer search, a few comparisons to route and one ``transport.write`` per request, and
 nothing waits on anything: a delayed answer is a ``loop.call_later`` timer, a slow or huge body
 is written chunk by chunk as the transport drains. Answers leave in request order even when
 later ones are ready first, so pipelining stays correct.
