@@ -622,6 +622,15 @@ def test_malformed_requests_get_400_and_close(sim: SimulatorHandle, request_byte
     assert sim.requests() == []
 
 
+def test_bytes_that_are_not_http_are_refused_at_once(sim: SimulatorHandle) -> None:
+    # A TLS ClientHello on the plain-HTTP port: refused without waiting for a head.
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+    started = time.monotonic()
+    (response,) = raw_exchange(sim, hello, expect=1)
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert time.monotonic() - started < 2
+
+
 def test_connection_close_is_honoured(sim: SimulatorHandle) -> None:
     request = b"GET /v1/api/iserver/auth/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     responses = raw_exchange(sim, request * 2, expect=2)

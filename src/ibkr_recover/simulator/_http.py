@@ -76,6 +76,10 @@ def parse_request(buf: bytearray) -> tuple[Request, int] | None:
     BadRequest
         The request is malformed, uses a feature this server refuses, or is too large.
     """
+    if buf and not 0x41 <= buf[0] <= 0x5A:
+        # Not a method's first letter: a TLS ClientHello sent to this plain-HTTP port, say.
+        # Refused at once, as HTTP servers do, instead of waiting for a head that never comes.
+        raise BadRequest("not an HTTP request")
     end = buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
     if end < 0:
         if len(buf) > MAX_HEAD:
