@@ -136,11 +136,12 @@ def generate(
         decisions.update((row[0], decision) for row, decision in untouched)
         for table, table_rows in builder.side_tables().items():
             db.insert(table, table_rows)
-    scenario = Scenario(builder.scenario_accounts(), switches=Switches())
-    Path(scenario_path).write_bytes(dump_scenario(scenario))
-    expected = _summarise(mix, seed, now, rows, len(scenario.accounts), decisions)
-    if expected_path is not None:
-        Path(expected_path).write_bytes(msgspec.json.encode(expected))
+        # Still inside: the background writer finishes its last batches meanwhile.
+        scenario = Scenario(builder.scenario_accounts(), switches=Switches())
+        Path(scenario_path).write_bytes(dump_scenario(scenario))
+        expected = _summarise(mix, seed, now, rows, len(scenario.accounts), decisions)
+        if expected_path is not None:
+            Path(expected_path).write_bytes(msgspec.json.encode(expected))
     return expected
 
 
