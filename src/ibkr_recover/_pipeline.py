@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import stat
 from datetime import UTC, datetime
 from typing import IO, Protocol
 
@@ -28,7 +29,7 @@ from . import _crash
 from ._backend import Backend, Resolver, Unresolved
 from ._config import RunConfig
 from ._decide import Outcome, PendingRow, decide, plan, unresolved
-from ._errors import BrokerFatal
+from ._errors import BrokerFatal, ConfigError, StorageError
 from ._report import Report, write_lines
 from ._store import Store, require_database
 
@@ -140,7 +141,9 @@ class _Run:
     async def _read(self, send: trio.MemorySendChannel[PendingRow]) -> None:
         size = self.config.page_size
         after: tuple[object, str] | None = None
-        async with send:
+        # Closed without a checkpoint: in a cancelled run, an async close would replace a
+        # storage error of the last page with Cancelled, and the operator would never see it.
+        with send:
             while self.switch.fatal is None:
                 page = await trio.to_thread.run_sync(self.store.read_page, after, size)
                 for row in page:
@@ -213,7 +216,9 @@ class _Run:
         done: list[Outcome] = []
         deadline = math.inf
         writing = not self.config.dry_run
-        async with results:
+        # Closed without a checkpoint, so that a failed commit in a cancelled run still raises
+        # its StorageError rather than Cancelled.
+        with results:
             while True:
                 arrived: list[Outcome] = []
                 with trio.move_on_at(deadline):
@@ -225,25 +230,36 @@ class _Run:
                 with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
                     while True:
                         arrived.append(results.receive_nowait())
-                if not batch and not done:
-                    deadline = trio.current_time() + self.config.flush_interval
                 for outcome in arrived:
+                    if not batch and not done:
+                        deadline = trio.current_time() + self.config.flush_interval
                     if writing and outcome.writes:
                         batch.append(outcome)
                     else:
                         self.report.count(outcome.decision, outcome.reason)
                         done.append(outcome)
-                full = len(batch) >= self.config.batch_size or len(done) >= _MAX_DONE
-                if full or trio.current_time() >= deadline:
+                    # Checked per outcome: answers pile up while a batch commits, and a
+                    # transaction must never hold more than batch_size rows.
+                    if len(batch) >= self.config.batch_size or len(done) >= _MAX_DONE:
+                        await self._flush(batch, done)
+                        batch, done, deadline = [], [], math.inf
+                if (batch or done) and trio.current_time() >= deadline:
                     await self._flush(batch, done)
                     batch, done, deadline = [], [], math.inf
         await self._flush(batch, done)
 
+    @trio.lowlevel.enable_ki_protection
     async def _flush(self, batch: list[Outcome], done: list[Outcome]) -> None:
         """Commit ``batch``, count it, and record both lists in the outcomes file.
 
         Cancellation: the commit runs in a thread that is never abandoned, so a cancelled
-        flush has either committed the whole batch or nothing.
+        flush has either committed the whole batch or nothing; a committed batch is always
+        counted and recorded (Ctrl-C is held off until then: KI protection).
+
+        Raises
+        ------
+        StorageError
+            The commit failed (rolled back whole), or the outcomes file cannot be written.
         """
         if batch:
             now = int(self.config.clock())
@@ -253,16 +269,33 @@ class _Run:
                     outcome.decision, outcome.reason = "conflict", "conflict"
                 self.report.count(outcome.decision, outcome.reason)
         if self.outcomes is not None and (batch or done):
-            write_lines(self.outcomes, batch + done)
-            self.outcomes.flush()
+            try:
+                write_lines(self.outcomes, batch + done)
+                self.outcomes.flush()
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot write the outcomes file {self.config.outcomes}: {exc.strerror} "
+                    "(the batches before this one are committed)"
+                ) from exc
         if self.progress is not None:
             self.progress.update(self.report)
 
 
 def _open_private(path: os.PathLike[str] | str) -> IO[bytes]:
-    """Create or truncate a file readable by its owner only (mode 0600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
+    """Create or truncate a file readable by its owner only (mode 0600).
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be created (no such folder, no permission): a bad option.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A regular file only: --outcomes /dev/stdout must not chmod the terminal.
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the outcomes file {path}: {exc.strerror}") from exc
     return os.fdopen(fd, "wb")
 
 
@@ -274,16 +307,18 @@ async def recover(
 ) -> Report:
     """Recover every pending row of ``config.db`` against ``backend``.
 
-    The database is opened and checked first (exit 2 or 4 before any broker call), then the
-    broker's preflight runs (exit 3 before any write), then the pipeline.
+    The database is opened and checked first (exit 2 or 4 before any broker call) and the
+    outcomes file created (exit 2), then the broker's preflight runs (exit 3 before any
+    write), then the pipeline.
 
     Cancellation: see :meth:`_Run.run`; nothing half-written is ever left behind.
     """
     store = await trio.to_thread.run_sync(open_store, config)
     try:
-        await backend.preflight()
+        # Opened before the broker is asked anything: a bad path is a usage error (exit 2).
         outcomes = _open_private(config.outcomes) if config.outcomes else None
         try:
+            await backend.preflight()
             report = await _Run(config, backend, store, progress, outcomes).run()
         finally:
             if outcomes is not None:

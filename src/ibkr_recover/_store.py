@@ -59,6 +59,8 @@ _CLEAR: Final = f"""
 DELETE FROM {IDEMPOTENCY_TABLE}
 WHERE idempotency_key = ? AND request_hash = ? AND status = 'pending_writer'"""
 
+_PROBE_WRITE: Final = f"UPDATE {IDEMPOTENCY_TABLE} SET status = status WHERE 0"
+
 #: How often a ``BEGIN IMMEDIATE`` that found the database locked past the busy timeout is tried
 #: again before the run gives up with exit 4.
 BUSY_RETRIES: Final = 3
@@ -178,9 +180,20 @@ class Store:
             )
 
     def check_writable(self) -> None:
-        """Fail before any broker call when the file or its folder is read-only."""
+        """Fail before any broker call when the file or its folder is read-only.
+
+        ``BEGIN IMMEDIATE`` alone does not tell: on a read-only file SQLite quietly starts a
+        read transaction instead. A statement that writes nothing but needs the write lock
+        does tell, and the rollback leaves the file as it was.
+        """
         self._begin_immediate()
-        self._writer.execute("ROLLBACK")
+        try:
+            self._writer.execute(_PROBE_WRITE)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, "cannot write") from exc
+        finally:
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
 
     def ensure_scan_index(self) -> None:
         """Create the partial index over pending rows that makes every page an index range scan."""

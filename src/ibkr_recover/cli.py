@@ -6,7 +6,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -18,6 +18,7 @@ from cyclopts import Parameter, validators
 from . import __version__, _crash
 from ._config import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_BUSY_TIMEOUT,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_CLEAR_AGE,
     DEFAULT_MIN_AGE,
@@ -63,27 +64,36 @@ T = TypeVar("T")
 
 
 def _run_trio(main: Callable[[], Awaitable[T]]) -> T:
-    """Run ``main`` under trio; SIGTERM cancels it like Ctrl-C does, and raises _Terminated."""
+    """Run ``main`` under trio; SIGTERM cancels it like Ctrl-C does, and raises _Terminated.
+
+    Whatever failed while the run was being stopped is kept as the ``__cause__`` of
+    _Terminated, so that it is still reported.
+    """
 
     async def runner() -> T:
         result: list[T] = []
         terminated = False
-        async with trio.open_nursery() as nursery:
+        try:
+            async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                nonlocal terminated
-                with trio.open_signal_receiver(signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        terminated = True
-                        nursery.cancel_scope.cancel()
-                        return
+                async def watch() -> None:
+                    nonlocal terminated
+                    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            terminated = True
+                            nursery.cancel_scope.cancel()
+                            return
 
-            async def body() -> None:
-                result.append(await main())
-                nursery.cancel_scope.cancel()
+                async def body() -> None:
+                    result.append(await main())
+                    nursery.cancel_scope.cancel()
 
-            nursery.start_soon(watch)
-            nursery.start_soon(body)
+                nursery.start_soon(watch)
+                nursery.start_soon(body)
+        except BaseException as exc:
+            if terminated:
+                raise _Terminated from exc
+            raise
         if terminated:
             raise _Terminated
         return result[0]
@@ -91,25 +101,34 @@ def _run_trio(main: Callable[[], Awaitable[T]]) -> T:
     return trio.run(runner)
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The first non-group exception inside nested exception groups."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The non-group exceptions inside nested exception groups (and what stopped a signal)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+        return
+    yield exc
+    if isinstance(exc, _Terminated) and exc.__cause__ is not None:
+        yield from _leaves(exc.__cause__)
 
 
 def _fail(exc: BaseException) -> int:
-    exc = _leaf(exc)
-    if isinstance(exc, KeyboardInterrupt):
+    leaves = list(_leaves(exc))
+    errors = [leaf for leaf in leaves if isinstance(leaf, RecoverError)]
+    signalled = [leaf for leaf in leaves if isinstance(leaf, KeyboardInterrupt | _Terminated)]
+    if not signalled:
+        if not errors:
+            raise exc
+        print(f"ibkr-recover: error: {errors[0]}", file=sys.stderr)
+        return errors[0].exit_code
+    # A signal decides the exit code; an error met on the way out is still told.
+    for error in errors:
+        print(f"ibkr-recover: error: {error}", file=sys.stderr)
+    if isinstance(signalled[0], KeyboardInterrupt):
         print("ibkr-recover: interrupted; only committed batches were written", file=sys.stderr)
         return EXIT_SIGINT
-    if isinstance(exc, _Terminated):
-        print("ibkr-recover: terminated; only committed batches were written", file=sys.stderr)
-        return EXIT_SIGTERM
-    if isinstance(exc, RecoverError):
-        print(f"ibkr-recover: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    raise exc
+    print("ibkr-recover: terminated; only committed batches were written", file=sys.stderr)
+    return EXIT_SIGTERM
 
 
 def exit_code(report: Report) -> int:
@@ -189,6 +208,7 @@ def recover(
     cacert: Annotated[Path | None, _env("CACERT")] = None,
     insecure: Annotated[bool, _env("INSECURE", negative="")] = False,
     timeout: Annotated[Seconds, _env("TIMEOUT")] = 10.0,
+    busy_timeout: Annotated[Seconds, _env("BUSY_TIMEOUT")] = DEFAULT_BUSY_TIMEOUT,
     quiet: Annotated[bool, _env("QUIET", negative="")] = False,
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], _env("LOG_LEVEL")
@@ -241,6 +261,9 @@ def recover(
         Do not verify TLS certificates; accepted only for loopback hosts.
     timeout
         Seconds allowed for one HTTP request.
+    busy_timeout
+        Seconds to wait for the gateway's write lock, on each of a few attempts; a lock
+        held longer than that ends the run with exit 4 (committed batches stay committed).
     quiet
         Print nothing on success (for cron); errors still go to stderr.
     log_level
@@ -258,6 +281,7 @@ def recover(
         dry_run=dry_run,
         outcomes=outcomes,
         backup=backup,
+        busy_timeout=busy_timeout,
     )
     show_progress = not (json or quiet) and sys.stderr.isatty()
     try:
