@@ -17,6 +17,7 @@ import msgspec
 import trio
 
 from .._errors import BrokerError, BrokerFatal
+from .._mask import mask_accounts_in
 from ._settings import CpapiSettings
 
 __all__ = ["RequestFailed", "clip", "origin", "translate_error"]
@@ -42,9 +43,9 @@ def translate_error(exc: Exception, where: str, settings: CpapiSettings) -> Brok
     surfaced in the message.
     """
     if isinstance(exc, msgspec.ValidationError):
-        return RequestFailed("bad_schema", f"{where}: unexpected answer: {exc}")
+        return RequestFailed("bad_schema", f"{where}: unexpected answer: {clip(str(exc))}")
     if isinstance(exc, msgspec.DecodeError | httpx.DecodingError):
-        return RequestFailed("bad_json", f"{where}: the answer is not valid JSON: {exc}")
+        return RequestFailed("bad_json", f"{where}: the answer is not valid JSON: {clip(str(exc))}")
     where_to = origin(settings)
     tls = _tls_failure(exc)
     if tls is not None:
@@ -66,10 +67,22 @@ def translate_error(exc: Exception, where: str, settings: CpapiSettings) -> Brok
     if isinstance(
         exc, httpx.NetworkError | httpx.RemoteProtocolError | trio.BrokenResourceError | OSError
     ):
+        hint = ""
+        if _hung_up_on_plain_http(exc, settings):
+            hint = " (does the gateway serve HTTPS? try an https:// base URL)"
         return RequestFailed(
-            "unavailable", f"{where}: the connection failed: {cause}", retryable=True
+            "unavailable", f"{where}: the connection failed: {cause}{hint}", retryable=True
         )
     return RequestFailed("unavailable", f"{where}: {cause}")
+
+
+def _hung_up_on_plain_http(exc: Exception, settings: CpapiSettings) -> bool:
+    """A plain-HTTP request the server hung up on unanswered: what a TLS port does with it."""
+    return (
+        httpx.URL(settings.base_url).scheme == "http"
+        and isinstance(exc, httpx.RemoteProtocolError)
+        and "without sending a response" in str(exc)
+    )
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -125,14 +138,18 @@ def _describe_cause(exc: Exception) -> str:
 
 
 def origin(settings: CpapiSettings) -> str:
+    """The gateway's scheme, host and port for messages; credentials in the URL stay out."""
     url = httpx.URL(settings.base_url)
-    return str(url.copy_with(raw_path=b"/")).rstrip("/")
+    return str(url.copy_with(raw_path=b"/", userinfo=b"")).rstrip("/")
 
 
 def clip(text: str, limit: int = 200) -> str:
-    """Untrusted text fit for one line of a message: control characters out, length capped."""
+    """Untrusted text fit for one line of a message.
+
+    Control characters out, account ids masked (IBKR's error texts name them), length capped.
+    """
     cleaned = "".join(
         " " if unicodedata.category(ch).startswith("C") else ch for ch in text[: limit * 2]
     )
-    cleaned = " ".join(cleaned.split())
+    cleaned = mask_accounts_in(" ".join(cleaned.split()))
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
