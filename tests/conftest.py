@@ -1,17 +1,19 @@
-"""Shared fixtures: real gateway-schema SQLite files in tmp_path."""
+"""Shared fixtures: real gateway-schema SQLite files in tmp_path; the no-order-write guard."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ibkr_recover._schema import IDEMPOTENCY_DDL
+from ibkr_recover.simulator._broker import Broker, Reply, _classify
+from ibkr_recover.simulator._http import Request
 
 NOW = time.time()
 OLD = int(NOW) - 3600  # an hour old: past --min-age, inside --max-clear-age
@@ -103,3 +105,41 @@ def rows_by_key(path: Path) -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "gateway.db"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "order_writes: the test sends order writes to a simulator on purpose"
+    )
+
+
+class WriteGuard:
+    """Records every order write (POST/PUT/DELETE to an order endpoint) any simulator receives.
+
+    It wraps ``Broker.handle``, so it sees the requests of every in-process simulator, whoever
+    sends them, before the simulator's own counters (which ``reset()`` zeroes) are involved.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[str] = []
+        handle = Broker.handle
+
+        def guarded(broker: Broker, request: Request, arrival: float | None = None) -> Reply:
+            if _classify(request.method, request.path) == "write":
+                self.seen.append(f"{request.method} {request.path}")
+            return handle(broker, request, arrival)
+
+        monkeypatch.setattr(Broker, "handle", guarded)
+
+
+@pytest.fixture(autouse=True)
+def no_order_writes(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """The tool only reads: no test may get an order write to a simulator (matrix C18)."""
+    if request.node.get_closest_marker("order_writes") is not None:
+        yield
+        return
+    guard = WriteGuard(monkeypatch)
+    yield
+    assert not guard.seen, f"order writes reached the simulator: {guard.seen[:5]}"

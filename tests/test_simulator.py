@@ -237,6 +237,7 @@ def test_unknown_order_is_503_not_found(client: httpx.Client, order_id: str) -> 
     assert response.json() == {"error": f"Order {order_id} is not found", "statusCode": 503}
 
 
+@pytest.mark.order_writes
 def test_order_writes_are_recorded_and_refused(sim: SimulatorHandle, client: httpx.Client) -> None:
     attempts = [
         ("POST", f"/iserver/account/{PAPER}/orders", {"orders": [{"cOID": "x"}]}),
