@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from ibkr_recover import Absent, BrokerOrder, Found, Unresolved
+from ibkr_recover._pacing import PACING_MARGIN
 from test_cpapi_fakes import (
     A1,
     A2,
@@ -177,10 +178,10 @@ async def test_empty_listing_is_asked_again_after_the_interval_then_unresolved(
     assert again == answer
     listings = [s.at for s in gateway.sent if s.path == LISTING]
     assert len(listings) == 2
-    assert listings[1] - listings[0] == pytest.approx(5.0)
+    assert listings[1] - listings[0] == pytest.approx(5.0 * PACING_MARGIN)
     trades = [s.at for s in gateway.sent if s.path == TRADES]
     assert len(trades) == 2
-    assert trades[1] - trades[0] == pytest.approx(5.0)
+    assert trades[1] - trades[0] == pytest.approx(5.0 * PACING_MARGIN)
 
 
 async def test_trust_empty_listing_lets_an_empty_listing_prove_absence(

@@ -21,7 +21,12 @@ from contextlib import asynccontextmanager
 
 import trio
 
-__all__ = ["Pacer", "Spacer"]
+__all__ = ["PACING_MARGIN", "Pacer", "Spacer"]
+
+#: Every interval the backend keeps is this much longer than the limit it was given: requests
+#: are stamped where they leave, IBKR counts where they arrive, and loopback or network jitter
+#: of a few milliseconds must not turn "exactly 5 s apart" into 4.99 s and a penalty box.
+PACING_MARGIN = 1.02
 
 
 class Pacer:

@@ -28,7 +28,7 @@ import trio
 from .._backend import Answer, Query, Resolver, Unresolved
 from .._errors import BrokerError, BrokerFatal
 from .._mask import mask_account
-from .._pacing import Spacer
+from .._pacing import PACING_MARGIN, Spacer
 from ._evidence import (
     Executions,
     Failed,
@@ -90,8 +90,8 @@ class CpapiBackend:
     ) -> None:
         self.settings = settings
         self._wire = Wire(settings, transport=_transport, rng=_rng)
-        self._listing_lane = Spacer(settings.listing_interval)
-        self._trades_lane = Spacer(settings.listing_interval)
+        self._listing_lane = Spacer(settings.listing_interval * PACING_MARGIN)
+        self._trades_lane = Spacer(settings.listing_interval * PACING_MARGIN)
         self._shared: httpx.AsyncClient | None = None
         self._accounts: frozenset[str] | None = None
         self._listings: _Once[OrderBook | Failed] = _Once()

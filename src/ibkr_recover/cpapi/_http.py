@@ -29,7 +29,7 @@ import msgspec
 import trio
 
 from .._errors import BrokerError, BrokerFatal
-from .._pacing import Pacer, Spacer
+from .._pacing import PACING_MARGIN, Pacer, Spacer
 from ._models import ACCOUNTS, ERROR_BODY
 from ._settings import CpapiSettings
 from ._translate import RequestFailed, clip, origin, translate_error
@@ -90,7 +90,7 @@ class Wire:
         self._settings = settings
         self._transport = transport
         self._rng = rng if rng is not None else random.Random()
-        self._pacer = Pacer.per_second(settings.rate)
+        self._pacer = Pacer.per_second(settings.rate / PACING_MARGIN)
         self._stopped: BrokerFatal | None = None
         self._accounts_generation = 0
         self._given_up = 0
