@@ -185,6 +185,9 @@ class ForkServer:
         self._runs += 1
         out = self._workdir / f"run-{self._runs}.out"
         err = self._workdir / f"run-{self._runs}.err"
+        # Created here: a child killed at once never gets to open them.
+        out.write_bytes(b"")
+        err.write_bytes(b"")
         self._send({"argv": list(argv), "env": env or {}, "out": str(out), "err": str(err)})
         reply = self._receive(30.0)
         assert reply is not None, "the fork server did not start a child"

@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -136,10 +137,8 @@ def main() -> None:
     Path(args["report"]).write_text(json.dumps(report))
 
 
-def start(mode: str, db: Path, workdir: Path, **args: Any) -> tuple[Any, Path]:
+def start(mode: str, db: Path, workdir: Path, **args: Any) -> tuple[subprocess.Popen[bytes], Path]:
     """Start the gateway stand-in in its own process; returns it and its report path."""
-    import subprocess
-
     report = workdir / f"gateway-{mode}.json"
     args_path = workdir / f"gateway-{mode}-args.json"
     args_path.write_text(json.dumps({**args, "report": str(report)}))
