@@ -172,7 +172,9 @@ class _Connection(asyncio.Protocol):
         self._done = True
         if not self._queue and self._transport is not None:
             self._transport.close()
-        return True
+        # TLS has no half-close: asking to keep the transport open only draws a warning there.
+        plain = self._transport is not None and self._transport.get_extra_info("sslcontext") is None
+        return True if plain else None
 
     # -- writing -----------------------------------------------------------------------
 
