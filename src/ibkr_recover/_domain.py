@@ -126,10 +126,12 @@ def lifecycle_status(
 
 def format_rfc3339(moment: datetime) -> str:
     """RFC 3339 in UTC with ``Z``; fractional seconds only when non-zero, trailing zeros trimmed."""
-    utc = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
-    if utc.microsecond:
-        text += f".{utc.microsecond:06d}".rstrip("0")
+    # ``isoformat`` is the same text as ``strftime`` (with the year padded to four digits),
+    # at half the cost; an aware time is converted to UTC and its "+00:00" dropped.
+    aware = moment.tzinfo is not None
+    text = moment.astimezone(UTC).isoformat()[:-6] if aware else moment.isoformat()
+    if moment.microsecond:
+        text = text.rstrip("0")
     return text + "Z"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -99,6 +100,20 @@ def _run_trio(main: Callable[[], Awaitable[T]]) -> T:
         return result[0]
 
     return trio.run(runner)
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper cyclic garbage collections for this process (the console script only).
+
+    Every HTTP exchange leaves a few dozen objects in reference cycles (httpx's request and
+    response structures) that only the cycle collector frees. At the default threshold it runs
+    every couple of dozen requests, and each full collection walks every object of the process:
+    about a tenth of a run's CPU. Objects made before the run (modules, settings, clients) are
+    frozen out of the collections, and the young generation is collected every 10,000
+    allocations instead of 700: the garbage waiting in between stays a few megabytes.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -403,6 +418,7 @@ app.command(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    tune_gc()
     result = app(argv, result_action="return_value")
     sys.exit(result if isinstance(result, int) else EXIT_OK)
 

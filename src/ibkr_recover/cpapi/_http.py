@@ -226,7 +226,9 @@ class Wire:
     ) -> _Reply:
         self._raise_if_stopped()
         if lane is None:
-            await self._pacer.acquire()
+            # Unlimited, the pacer would only add a scheduler round trip per request.
+            if self._pacer.interval:
+                await self._pacer.acquire()
             return await self._send(client, path, params, cap, where)
         # One request of the endpoint at a time, so that a shared client never waits for a
         # connection, and its calls spaced from the moment they really go.
@@ -246,10 +248,19 @@ class Wire:
         reader = _Body(cap, where)
         try:
             with trio.fail_after(self._settings.timeout) as scope:
-                async with client.stream("GET", path, params=params) as response:
+                # An absolute URL, parsed once: a path relative to the client's base URL costs
+                # httpx two more parses (~40 us, half the cost of building the request).
+                # ``send(stream=True)`` is ``client.stream()`` without its async generator.
+                url = httpx.URL(self._settings.base_url + path)
+                request = client.build_request("GET", url, params=params)
+                response = await client.send(request, stream=True)
+                try:
                     body = await reader.read(response, scope)
-                    location = response.headers.get("location", "")
-                    return _Reply(response.status_code, body, location)
+                    status = response.status_code
+                    location = response.headers.get("location", "") if 300 <= status < 400 else ""
+                    return _Reply(status, body, location)
+                finally:
+                    await response.aclose()
         except (httpx.HTTPError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
             if reader.too_large:
                 raise reader.refusal("read") from exc

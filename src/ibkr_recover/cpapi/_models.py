@@ -123,6 +123,7 @@ ORDER_STATUS: Final = msgspec.json.Decoder(OrderStatus)
 ERROR_BODY: Final = msgspec.json.Decoder(ErrorBody)
 
 _DIGITS: Final = re.compile(r"[0-9]{1,19}")
+_TWELVE_DIGITS: Final = re.compile(r"[0-9]{12}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_MS: Final = 253402300799999  # 9999-12-31T23:59:59.999Z
 
@@ -151,10 +152,23 @@ def epoch_ms_to_datetime(value: Stamp | None) -> datetime | None:
 
 
 def yymmdd_to_datetime(value: str | None) -> datetime | None:
-    """``order_time``: ``YYMMDDhhmmss`` in UTC; junk gives None."""
-    if value is None or not re.fullmatch(r"[0-9]{12}", value):
+    """``order_time``: ``YYMMDDhhmmss`` in UTC; junk gives None.
+
+    Two-digit years follow ``strptime``'s ``%y`` (69-99 are 1969-1999, 00-68 are 2000-2068).
+    """
+    if value is None or not _TWELVE_DIGITS.fullmatch(value):
         return None
+    # Sliced by hand: ``strptime`` costs more than the rest of the row's decision.
+    yy = int(value[0:2])
     try:
-        return datetime.strptime(value, "%y%m%d%H%M%S").replace(tzinfo=UTC)
+        return datetime(
+            yy + (1900 if yy >= 69 else 2000),
+            int(value[2:4]),
+            int(value[4:6]),
+            int(value[6:8]),
+            int(value[8:10]),
+            int(value[10:12]),
+            tzinfo=UTC,
+        )
     except ValueError:
         return None
