@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,5 +162,37 @@ __all__ = [
     "logged_writes",
     "normalised",
     "report_matches_database",
+    "stop",
     "table",
+    "wait_until",
 ]
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    *,
+    what: str,
+    timeout: float = 20.0,
+    watch: Sequence[subprocess.Popen[Any]] = (),
+) -> None:
+    """Poll ``predicate``; fail naming ``what``, or the watched process that ended meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        for proc in watch:
+            if proc.poll() is not None:
+                _, err = proc.communicate() if proc.stderr is not None else (None, "")
+                raise AssertionError(
+                    f"waiting for {what}: {proc.args!r} ended first with {proc.returncode}: {err}"
+                )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Let a helper process end on its own, or kill it: a failed test must not hang on it."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

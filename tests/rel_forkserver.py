@@ -88,7 +88,7 @@ while True:
         command = read_line(0.002)
         if command == b"":
             os.kill(pid, signal.SIGKILL)
-        elif command is not None:
+        elif command is not None and "signal" in json.loads(command):
             os.kill(pid, json.loads(command)["signal"])
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -141,6 +141,12 @@ class Child:
                     time.monotonic() - self._started,
                 )
         return self.result
+
+    def finish(self) -> None:
+        """Make sure the child is gone (for ``finally``): the server runs one child at a time."""
+        if self.poll() is None:
+            self.kill()
+            self.poll(10.0)
 
     def wait(self, timeout: float = 60.0) -> Result:
         """Wait for the end; a child still running after ``timeout`` is killed and fails the test."""

@@ -9,7 +9,9 @@ ends the run with exit 4 after a bounded wait, with every earlier batch intact.
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,17 @@ from pathlib import Path
 import pytest
 
 import rel_gateway
-from rel_checks import assert_batches_whole, changed_rows, integrity, logged_writes, table
+from conftest import make_db
+from ibkr_recover import _store
+from rel_checks import (
+    assert_batches_whole,
+    changed_rows,
+    integrity,
+    logged_writes,
+    stop,
+    table,
+    wait_until,
+)
 from rel_world import World, world
 from simtools import assert_matches_expected
 
@@ -30,13 +42,6 @@ def busy_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         tmp_path_factory.mktemp("gateway"), rows=1100, seed=41, concurrency=8, latency_ms=4
     ) as w:
         yield w
-
-
-def wait_until(predicate: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.005)
 
 
 def test_gateway_writes_during_the_run_are_never_overwritten(
@@ -55,17 +60,18 @@ def test_gateway_writes_during_the_run_are_never_overwritten(
     targets = [key for _, key in scan_order[600:1000:5] if key.strip()]
     go = tmp_path / "go"
     gateway, report_path = rel_gateway.start(
-        "race", db, tmp_path, go=str(go), inserts=25, keys=targets, pause=0.003
+        "race", db, tmp_path, go=str(go), inserts=25, keys=targets, pause=0.001
     )
     seen = w.sim.stats().requests
     child = w.start(db, outcomes)
     try:
         # The first page is read before the first lookup goes out; the gateway starts then.
-        wait_until(lambda: w.sim.stats().requests > seen + 5)
+        wait_until(lambda: w.sim.stats().requests > seen + 5, what="the first lookups")
         go.touch()
         result = child.wait(120)
     finally:
-        gateway.wait(60)
+        child.finish()
+        stop(gateway, 60)
     assert gateway.returncode == 0
     gw = json.loads(report_path.read_text())
     assert result.returncode == 1, result.stderr
@@ -73,7 +79,7 @@ def test_gateway_writes_during_the_run_are_never_overwritten(
     rows = table(db)
 
     touched = set(gw["completed"]) | set(gw["deleted"])
-    assert len(touched) >= 40, "the gateway's writes all lost the race: nothing was tested"
+    assert len(touched) >= 20, "the gateway's writes all lost the race: nothing was tested"
     for key in gw["completed"]:
         assert rows[key]["payload_json"] == rel_gateway.GATEWAY_PAYLOAD % key
         assert rows[key]["result_hash"] == "gateway"
@@ -108,14 +114,15 @@ def test_lock_held_past_the_busy_timeout_exits_4_with_earlier_batches_intact(
     gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=2.5)
     child = w.start(db, outcomes, "--busy-timeout", "0.3")
     try:
-        wait_until(lambda: len(logged_writes(outcomes)) >= 3 * w.batch_size)
+        wait_until(lambda: len(logged_writes(outcomes)) >= 3 * w.batch_size, what="3 batches")
         go.touch()
-        wait_until(ready.exists)
+        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
         locked_at = time.monotonic()
         result = child.wait(60)
         waited = time.monotonic() - locked_at
     finally:
-        gateway.wait(60)
+        child.finish()
+        stop(gateway, 60)
     assert result.returncode == 4, result.stderr
     assert "another process holds the write lock" in result.stderr
     assert "Traceback" not in result.stderr
@@ -140,12 +147,14 @@ def test_lock_held_at_startup_exits_4_before_any_broker_call(
     go.touch()
     gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=2)
     try:
-        wait_until(ready.exists)
+        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
         seen = w.sim.stats().requests
-        result = w.server.run(*w.args(db, "--busy-timeout", "0.2"), timeout=60)
+        # The busy timeout from the environment, as cron would set it (with the default 5 s
+        # the 2 s lock would simply be waited out).
+        result = w.server.run(*w.args(db), env={"IBKR_RECOVER_BUSY_TIMEOUT": "0.2"}, timeout=60)
         asked = w.sim.stats().requests - seen
     finally:
-        gateway.wait(60)
+        stop(gateway, 60)
     assert result.returncode == 4, result.stderr
     assert "another process holds the write lock" in result.stderr
     assert asked == 0
@@ -162,16 +171,35 @@ def test_lock_held_shorter_than_the_retries_is_waited_out(
     gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=0.5)
     child = w.start(db, outcomes, "--busy-timeout", "0.3")
     try:
-        wait_until(lambda: len(logged_writes(outcomes)) >= 2 * w.batch_size)
+        wait_until(lambda: len(logged_writes(outcomes)) >= 2 * w.batch_size, what="2 batches")
         go.touch()
-        wait_until(ready.exists)
+        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
         at_lock = len(logged_writes(outcomes))
         time.sleep(0.4)
         # Longer than one busy timeout, and nothing was committed meanwhile: the tool waited.
         assert len(logged_writes(outcomes)) <= at_lock + w.batch_size
         result = child.wait(120)
     finally:
-        gateway.wait(60)
+        child.finish()
+        stop(gateway, 60)
     assert result.returncode == 1, result.stderr
     assert "locked" not in result.stderr
     assert_matches_expected(db, w.original, w.expected)
+
+
+def test_every_write_transaction_begins_immediate(tmp_path: Path) -> None:
+    """B3: a deferred transaction that reads, then writes, fails at once with
+    SQLITE_BUSY_SNAPSHOT when the gateway committed in between; the busy timeout does not help.
+    The store never opens one: no implicit BEGIN (isolation_level None), and every BEGIN it
+    issues is BEGIN IMMEDIATE."""
+    source = inspect.getsource(_store)
+    begins = re.findall(r"""execute\(\s*["'](BEGIN[^"']*)["']""", source)
+    assert begins, "no BEGIN found: the check is looking in the wrong place"
+    assert set(begins) == {"BEGIN IMMEDIATE"}
+    db = make_db(tmp_path / "gateway.db")
+    store = _store.Store(db)
+    try:
+        assert store._writer.isolation_level is None
+        assert store._reader.isolation_level is None
+    finally:
+        store.close()

@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 
 import rel_gateway
-from rel_checks import assert_batches_whole, changed_rows, integrity, logged_writes, table
+from rel_checks import (
+    assert_batches_whole,
+    changed_rows,
+    integrity,
+    logged_writes,
+    stop,
+    table,
+    wait_until,
+)
 from rel_world import World, world
 
 SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
@@ -40,13 +48,6 @@ def popen(w: World, db: Path, outcomes: Path, *extra: str) -> subprocess.Popen[s
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_until(predicate: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.005)
 
 
 def check_stopped(w: World, db: Path, outcomes: Path, stdout: str) -> set[str]:
@@ -70,7 +71,9 @@ def test_signal_mid_run_stops_with_whole_batches(
     db, outcomes = w.copy(), w.outcomes_path()
     proc = popen(w, db, outcomes)
     # A few batches are committed, lookups are in flight, the next batch is filling.
-    wait_until(lambda: len(logged_writes(outcomes)) >= 3 * w.batch_size)
+    wait_until(
+        lambda: len(logged_writes(outcomes)) >= 3 * w.batch_size, what="3 batches", watch=[proc]
+    )
     started = time.monotonic()
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=30)
@@ -99,15 +102,22 @@ def test_signal_while_a_batch_waits_for_the_write_lock(
     gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=1.5)
     proc = popen(w, db, outcomes, "--busy-timeout", "10")
     try:
-        wait_until(lambda: len(logged_writes(outcomes)) >= 2 * w.batch_size)
+        wait_until(
+            lambda: len(logged_writes(outcomes)) >= 2 * w.batch_size,
+            what="2 batches",
+            watch=[proc],
+        )
         go.touch()
-        wait_until(ready.exists)
+        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
         time.sleep(0.4)  # the next batch is full and waiting for the lock
         logged_before = logged_writes(outcomes)
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
-        gateway.wait(30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        stop(gateway)
     assert proc.returncode == code, stderr
     assert word in stderr
     assert "Traceback" not in stderr
@@ -123,7 +133,9 @@ def test_signal_during_the_preflight_writes_nothing(slow_world: World) -> None:
     seen = w.sim.stats().by_endpoint.get("auth", 0)
     proc = popen(w, db, outcomes)
     # The broker's auth status is being asked: the database is open, nothing is decided yet.
-    wait_until(lambda: w.sim.stats().by_endpoint.get("auth", 0) > seen)
+    wait_until(
+        lambda: w.sim.stats().by_endpoint.get("auth", 0) > seen, what="the preflight", watch=[proc]
+    )
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
@@ -142,14 +154,21 @@ def test_signal_while_the_lock_outlasts_the_retries_still_exits_as_interrupted(
     gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=2.2)
     proc = popen(w, db, outcomes, "--busy-timeout", "0.3")
     try:
-        wait_until(lambda: len(logged_writes(outcomes)) >= 2 * w.batch_size)
+        wait_until(
+            lambda: len(logged_writes(outcomes)) >= 2 * w.batch_size,
+            what="2 batches",
+            watch=[proc],
+        )
         go.touch()
-        wait_until(ready.exists)
+        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
         time.sleep(0.3)
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
-        gateway.wait(30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        stop(gateway)
     # The signal decides the exit code; the lock that outlasted the retries is still told.
     assert proc.returncode == code, stderr
     assert word in stderr

@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 )
 
 import rel_gateway
-from rel_checks import changed_rows, integrity, logged_writes, table
+from rel_checks import changed_rows, integrity, logged_writes, stop, table
 from rel_world import World, checkpoint_hit, world
 from simtools import assert_matches_expected
 
@@ -68,7 +68,7 @@ def test_dry_run_decides_every_row_as_the_real_run_does_and_writes_nothing(
             *w.args(db, "--dry-run", "--busy-timeout", "0.1", "--outcomes", str(dry_outcomes))
         )
     finally:
-        gateway.wait(30)
+        stop(gateway)
     assert dry.returncode == 1, dry.stderr
     assert db.read_bytes() == image
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
