@@ -8,11 +8,12 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import NOW, context, make_db
+from conftest import context, make_db
 
 OPTIONS = [
     "base-url",
@@ -108,7 +109,11 @@ def test_pending_json_agrees_with_sql_counts(db_path: Path) -> None:
     rows.append({"key": "noctx", "payload": "{}"})
     rows.append({"key": "badctx", "payload": "{oops"})
     rows.append(
-        {"key": "young", "payload": context("paper", "submit", "DU1"), "created_at": int(NOW)}
+        {
+            "key": "young",
+            "payload": context("paper", "submit", "DU1"),
+            "created_at": int(time.time()),
+        }
     )
     make_db(db_path, rows)
 
