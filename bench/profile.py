@@ -28,7 +28,7 @@ from backlog import make_backlog
 from procs import Simulator, pinned
 
 LAYERS = (
-    ("startup", ("_find_and_load", "<module> (")),
+    ("startup", ("_find_and_load",)),
     ("writer", ("_Run._write", "_Run._flush", "Store.apply")),
     ("reader", ("_Run._read", "Store.read_page")),
     (
