@@ -26,7 +26,6 @@ from ._config import (
     RunConfig,
 )
 from ._errors import RecoverError
-from ._mask import mask_account
 from ._pending import pending_summary, render_pending
 from ._pipeline import recover as run_recovery
 from ._progress import ProgressBar
@@ -421,6 +420,3 @@ def main(argv: list[str] | None = None) -> None:
     tune_gc()
     result = app(argv, result_action="return_value")
     sys.exit(result if isinstance(result, int) else EXIT_OK)
-
-
-__all__ += ["mask_account"]
