@@ -99,7 +99,9 @@ def make_backlog(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, required=True)
-    parser.add_argument("--mix", choices=("per_order", "listing", "mixed"), default="mixed")
+    parser.add_argument(
+        "--mix", choices=("per_order", "listing", "mixed", "crash"), default="mixed"
+    )
     parser.add_argument("--accounts", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=CACHE)

@@ -355,7 +355,7 @@ def baseline_requests(db: Path) -> tuple[int, int]:
 
 
 def paced_run(plan: Plan, results: Results, tmp: Path) -> None:
-    backlog = make_backlog(plan.paced_rows, "mixed", accounts=5)
+    backlog = make_backlog(plan.paced_rows, "crash", accounts=5)
     note_backlog(results, backlog)
     rate, listing_interval = 10.0, 5.0
     with Simulator(backlog.scenario, "--pacing") as sim:
@@ -380,7 +380,7 @@ def paced_run(plan: Plan, results: Results, tmp: Path) -> None:
         f"{r['baseline_s']:,.0f} s"
     )
     results.commands["paced"] = (
-        "simulator: python -m ibkr_recover.simulator --scenario mixed.json --pacing; tool: "
+        "simulator: python -m ibkr_recover.simulator --scenario crash.json --pacing; tool: "
         "ibkr-recover recover DB --base-url URL --concurrency 64 --json (defaults --rate 10 "
         "--listing-interval 5)"
     )

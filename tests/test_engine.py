@@ -16,11 +16,13 @@ import trio
 from conftest import NOW, OLD, add_rows, context, dump, make_db, rows_by_key
 from ibkr_recover import (
     Absent,
+    Answer,
     BrokerFatal,
     BrokerOrder,
     ConfigError,
     Found,
     MemoryBackend,
+    Query,
     Report,
     RunConfig,
     SchemaError,
@@ -542,3 +544,104 @@ async def test_two_concurrent_runs_cannot_both_write(db_path: Path) -> None:
     assert report.cleared_missing == 20
     assert len(second_error) == 1
     assert "another ibkr-recover run" in str(second_error[0])
+
+
+class _Listings(MemoryBackend):
+    """A broker whose lookups need a per-account answer that comes in when its gate opens."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(default=Found(BrokerOrder("DU1", "1", "Filled")), **kwargs)  # type: ignore[arg-type]
+        self.gates: dict[str, trio.Event] = {}
+        self.fetches: list[str] = []
+        self.fetch_error: BrokerFatal | None = None
+
+    def gate(self, account: str) -> trio.Event:
+        return self.gates.setdefault(account, trio.Event())
+
+    def waits_for(self, query: Query) -> str | None:
+        return None if self.gate(query.account_id).is_set() else query.account_id
+
+    async def fetch(self, shared: object) -> None:
+        assert isinstance(shared, str)
+        self.fetches.append(shared)
+        if self.fetch_error is not None:
+            raise self.fetch_error
+        await self.gate(shared).wait()
+
+    async def lookup(self, query: Query) -> Answer:
+        await self.gate(query.account_id).wait()
+        return await super().lookup(query)
+
+
+def _two_accounts(db_path: Path, slow: int, fast: int) -> None:
+    rows = [
+        {"key": f"s{i:04d}", "payload": context("paper", "submit", "DU-SLOW"), "created_at": OLD}
+        for i in range(slow)
+    ]
+    rows += [
+        {
+            "key": f"f{i:04d}",
+            "payload": context("paper", "submit", "DU-FAST"),
+            "created_at": OLD + 1,
+        }
+        for i in range(fast)
+    ]
+    make_db(db_path, rows)
+
+
+async def test_rows_waiting_for_a_shared_answer_do_not_hold_up_other_accounts(
+    db_path: Path,
+) -> None:
+    # The slow account's rows come first in scan order; two workers would both wait on them.
+    _two_accounts(db_path, slow=100, fast=100)
+    backend = _Listings()
+    backend.gate("DU-FAST").set()
+    report: list[Report] = []
+
+    async def run() -> None:
+        report.append(await recover(config(db_path, concurrency=2), backend))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            while sum(q.account_id == "DU-FAST" for q in backend.queries) < 100:
+                await trio.sleep(0.01)
+            # Every row of the fast account is answered while the slow one is still fetching.
+            assert not any(q.account_id == "DU-SLOW" for q in backend.queries)
+            backend.gate("DU-SLOW").set()
+    assert (report[0].scanned, report[0].completed) == (200, 200)
+    assert backend.fetches == ["DU-SLOW"]
+    assert_adds_up(report[0])
+
+
+async def test_held_rows_beyond_the_bound_go_to_the_workers(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ibkr_recover._pipeline.MAX_HELD", 10)
+    _two_accounts(db_path, slow=50, fast=50)
+    backend = _Listings()
+    backend.gate("DU-FAST").set()
+
+    async def open_gate_later() -> None:
+        await trio.sleep(0.3)
+        backend.gate("DU-SLOW").set()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_gate_later)
+            report = await recover(config(db_path, concurrency=2), backend)
+    assert (report.scanned, report.completed) == (100, 100)
+    assert_adds_up(report)
+
+
+async def test_a_fatal_answer_while_fetching_leaves_held_rows_unresolved(db_path: Path) -> None:
+    _two_accounts(db_path, slow=30, fast=0)
+    backend = _Listings()
+    backend.fetch_error = BrokerFatal("rate_limited", "429 Too Many Requests")
+    with trio.fail_after(30):
+        report = await recover(config(db_path, concurrency=2), backend)
+    assert report.fatal == "rate_limited"
+    assert_adds_up(report)
+    assert report.unresolved_reasons == {"rate_limited": 30}
+    assert backend.queries == []
+    assert all(r["status"] == "pending_writer" for r in rows_by_key(db_path).values())

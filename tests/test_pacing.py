@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -163,6 +164,69 @@ def test_invalid_interval_is_refused(bad: float) -> None:
 def test_invalid_burst_is_refused() -> None:
     with pytest.raises(ValueError, match="burst"):
         Pacer(1.0, burst=0)
+
+
+async def test_an_urgent_caller_gets_the_slot_after_the_one_being_waited_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer.per_second(10)
+    t0 = trio.current_time()
+    normal: list[float] = []
+    urgent: list[float] = []
+
+    async def one(times: list[float], *, hurry: bool) -> None:
+        await pacer.acquire(urgent=hurry)
+        times.append(trio.current_time() - t0)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(50):
+            nursery.start_soon(functools.partial(one, normal, hurry=False))
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(1.05)  # ten slots gone, the eleventh being waited for (at 1.1 s)
+        nursery.start_soon(functools.partial(one, urgent, hurry=True))
+    assert urgent == [pytest.approx(1.2, abs=EPS)]
+    every = sorted(normal + urgent)
+    assert every == pytest.approx([k * 0.1 for k in range(51)], abs=EPS)
+
+
+async def test_urgent_and_normal_callers_together_never_exceed_the_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer.per_second(10)
+    times: list[float] = []
+
+    async def one(delay: float, hurry: bool) -> None:
+        await trio.sleep(delay)
+        await pacer.acquire(urgent=hurry)
+        times.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for k in range(200):
+            nursery.start_soon(one, (k * 37 % 101) / 50, k % 7 == 0)
+    times.sort()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.1 - EPS
+
+
+async def test_cancelled_sleeper_followed_by_an_urgent_reservation_leaves_a_gap_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer(1.0)
+    t0 = trio.current_time()
+    await pacer.acquire()
+    times: list[float] = []
+
+    async def hurry() -> None:
+        await pacer.acquire(urgent=True)
+        times.append(trio.current_time() - t0)
+
+    async with trio.open_nursery() as nursery:
+        with trio.move_on_after(0.5):
+            nursery.start_soon(hurry)
+            await pacer.acquire()  # sleeps for slot 1 s; the urgent caller reserves 2 s
+    await pacer.acquire()
+    times.append(trio.current_time() - t0)
+    assert times == [pytest.approx(2.0), pytest.approx(3.0)]
 
 
 async def _turns(spacer: Spacer, n: int, *then: Pacer, hold: float = 0.0) -> list[float]:

@@ -102,3 +102,35 @@ def test_ibkr_pacing_2000_rows_records_zero_429s(tmp_path: Path) -> None:
     assert stats.rate_limited == 0, stats
     assert result.returncode in (0, 1), result.stderr
     assert_matches_expected(db, tmp_path / "original.db", expected)
+
+
+def test_paced_crash_backlog_fetches_account_by_account_and_overlaps_status_lookups(
+    tmp_path: Path,
+) -> None:
+    # IBKR's limits scaled 5x down in time: 50 requests/s, listing and trades 1 per second.
+    db, scenario, expected = generated(tmp_path, 3000, accounts=5, mix="crash", seed=17)
+    pacing = Pacing(rate=50, listing_interval=1, trades_interval=1, penalty_s=60)
+    with run_in_thread(scenario, pacing=pacing) as sim:
+        result = cli(
+            "recover", str(db), "--base-url", sim.base_url, "--concurrency", "64",
+            "--rate", "50", "--listing-interval", "1", "--json",
+        )  # fmt: skip
+        stats = sim.stats()
+        log = sim.requests()
+    assert stats.rate_limited == 0, stats
+    assert result.returncode == 1, result.stderr  # the mix has rows without context
+    assert_matches_expected(db, tmp_path / "original.db", expected)
+
+    def accounts(endpoint: str) -> list[str]:
+        return [r.query.rsplit("accountId=", 1)[1] for r in log if r.endpoint == endpoint]
+
+    # One account's listing (first call and warm-up re-ask) before the next account's, and
+    # the trades in the same account order.
+    listing = accounts("listing")
+    assert len(listing) == 2 * expected.accounts
+    assert listing[0::2] == listing[1::2]
+    assert accounts("trades")[0::2] == listing[0::2]
+    # Rows of accounts whose listing is in are looked up while later listings are pending.
+    last_listing = max(r.mono for r in log if r.endpoint == "listing")
+    early = sum(r.endpoint == "status" and r.mono < last_listing for r in log)
+    assert early > 0.5 * sum(r.endpoint == "status" for r in log)

@@ -12,13 +12,18 @@ A condition that must stop every lookup of the run (session lost, rate limited) 
 A backend is an async context manager (its lifetime is the run). ``preflight`` runs once before
 any lookup or write; ``resolver`` opens one per-worker handle (the CP backend gives each worker
 its own single-connection HTTP client).
+
+A backend whose answers come from something shared by many rows (an account's order listing)
+may also be :class:`SharedAnswers`: the engine then holds back rows whose shared answer is not
+in yet, so that the workers stay busy with rows that can be answered now.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -31,6 +36,7 @@ __all__ = [
     "Operation",
     "Query",
     "Resolver",
+    "SharedAnswers",
     "Unresolved",
     "Workflow",
 ]
@@ -115,4 +121,28 @@ class Backend(Protocol):
 
     def resolver(self) -> AbstractAsyncContextManager[Resolver]:
         """Open one worker's handle; closed when the worker ends."""
+        ...
+
+
+@runtime_checkable
+class SharedAnswers(Protocol):
+    """A backend whose lookups may wait for an answer shared by many rows."""
+
+    def waits_for(self, query: Query) -> Hashable | None:
+        """The shared answer a lookup of ``query`` would wait for now, or ``None``.
+
+        Cheap and synchronous: asked for every row before it is handed to a worker.
+        """
+        ...
+
+    async def fetch(self, shared: Hashable) -> None:
+        """Bring ``shared`` (a value :meth:`waits_for` returned) in, once per run.
+
+        Raises
+        ------
+        BrokerFatal
+            As :meth:`Resolver.lookup`.
+
+        Cancellation: safe; a cancelled fetch is taken over by the next caller.
+        """
         ...

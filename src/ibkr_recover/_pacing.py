@@ -52,6 +52,7 @@ class Pacer:
         self._anchor = -math.inf
         self._count = 0
         self._lock = trio.Lock()
+        self._urgent_lock = trio.Lock()
 
     @classmethod
     def per_second(cls, rate: float, *, burst: int = 1) -> Pacer:
@@ -65,25 +66,37 @@ class Pacer:
         """Seconds between two slots (``0``: unlimited)."""
         return self._interval
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, urgent: bool = False) -> None:
         """Wait for the next slot and take it.
 
+        ``urgent`` callers queue apart from the others and get the slot after the one being
+        waited for: the listing and trades calls, one every few seconds, on which whole
+        accounts of rows wait, never queue behind every worker's status request.
+
         Cancellation: safe. A caller cancelled while queued or sleeping takes no slot, and the
-        callers behind it move up; ``acquire`` is always a checkpoint.
+        callers behind it move up (unless an urgent caller took the next slot meanwhile: then
+        the slot stays unused); ``acquire`` is always a checkpoint.
         """
         if self._interval == 0:
             await trio.lowlevel.checkpoint()
             return
-        async with self._lock:
+        async with self._urgent_lock if urgent else self._lock:
             now = trio.current_time()
             tat = self._anchor + self._count * self._interval
             if tat < now:
                 self._anchor, self._count = now, 0
                 tat = now
             allowed_at = tat - self._tolerance
-            if allowed_at > now:
-                await trio.sleep_until(allowed_at)
+            # Reserved before sleeping: the other queue's head computes its slot after this.
             self._count += 1
+            taken = self._count
+            if allowed_at > now:
+                try:
+                    await trio.sleep_until(allowed_at)
+                except trio.Cancelled:
+                    if self._count == taken:
+                        self._count -= 1
+                    raise
 
 
 class Spacer:
@@ -115,6 +128,8 @@ class Spacer:
     async def turn(self, *then: Pacer) -> AsyncIterator[None]:
         """Wait for the lock and the interval, then for each of ``then``; hold until exit.
 
+        The pacers are acquired ``urgent``: a lane's calls go before the requests queued there.
+
         Cancellation: safe. A holder cancelled before it goes (while queued, sleeping, or
         waiting for ``then``) leaves the spacing as it was; one cancelled after it went
         counts as having gone.
@@ -123,6 +138,6 @@ class Spacer:
             if self._interval > 0:
                 await trio.sleep_until(self._last + self._interval)
             for pacer in then:
-                await pacer.acquire()
+                await pacer.acquire(urgent=True)
             self._last = trio.current_time()
             yield

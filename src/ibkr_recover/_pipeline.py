@@ -7,10 +7,15 @@
         --> results channel --> batch writer (BEGIN IMMEDIATE, executemany, commit every
             batch_size rows or flush_interval seconds) --> report
 
-Memory stays bounded by the channel sizes and one page, whatever the backlog. A broker
-condition that is fatal for the run (401, 429) trips a switch: lookups in flight are cancelled,
-every row still coming through is left unresolved with that reason, decided rows are committed,
-and the reader stops reading.
+Rows whose lookup would wait for an answer shared by many rows (an account's listing, paced at
+one call per 5 s against IBKR) are held back, a bounded number of them, while that answer is
+fetched: the workers go on with rows that can be answered now, instead of all waiting in turn
+for the listings of other accounts while the request budget idles.
+
+Memory stays bounded by the channel sizes, one page and the held rows, whatever the backlog.
+A broker condition that is fatal for the run (401, 429) trips a switch: lookups in flight are
+cancelled, every row still coming through is left unresolved with that reason, decided rows are
+committed, and the reader stops reading.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import logging
 import math
 import os
 import stat
+from collections.abc import Hashable
 from datetime import UTC, datetime
 from typing import IO, Protocol
 
 import trio
 
 from . import _crash
-from ._backend import Backend, Resolver, Unresolved
+from ._backend import Backend, Resolver, SharedAnswers, Unresolved
 from ._config import RunConfig
 from ._decide import Outcome, PendingRow, decide, plan, unresolved
 from ._errors import BrokerFatal, ConfigError, StorageError
@@ -48,6 +54,9 @@ class Progress(Protocol):
 
 # Rows that need no write are recorded in the outcomes file at least this often.
 _MAX_DONE = 4096
+# At most this many rows are held back waiting for a shared answer (a few MiB); beyond it,
+# rows go to the workers, who then wait for the answer themselves.
+MAX_HELD = 20_000
 
 
 def open_store(config: RunConfig) -> Store:
@@ -127,7 +136,10 @@ class _Run:
         row_send, row_recv = trio.open_memory_channel[PendingRow](2 * width)
         out_send, out_recv = trio.open_memory_channel[Outcome](max(64, 2 * width))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read, row_send)
+            held = None
+            if isinstance(self.backend, SharedAnswers):
+                held = _Held(self, self.backend, nursery)
+            nursery.start_soon(self._read, row_send, held)
             async with row_recv, out_send:
                 for _ in range(width):
                     nursery.start_soon(self._work, row_recv.clone(), out_send.clone())
@@ -138,7 +150,7 @@ class _Run:
         self.report.finish(trio.current_time() - started)
         return self.report
 
-    async def _read(self, send: trio.MemorySendChannel[PendingRow]) -> None:
+    async def _read(self, send: trio.MemorySendChannel[PendingRow], held: _Held | None) -> None:
         size = self.config.page_size
         after: tuple[object, str] | None = None
         # Closed without a checkpoint: in a cancelled run, an async close would replace a
@@ -147,6 +159,8 @@ class _Run:
             while self.switch.fatal is None:
                 page = await trio.to_thread.run_sync(self.store.read_page, after, size)
                 for row in page:
+                    if held is not None and held.hold(row, send):
+                        continue
                     # Fill the buffer without yielding per row: an await per row would hand the
                     # workers one row per scheduler tick.
                     try:
@@ -279,6 +293,66 @@ class _Run:
                 ) from exc
         if self.progress is not None:
             self.progress.update(self.report)
+
+
+class _Held:
+    """Rows held back until the shared answer their lookup waits for is in.
+
+    The first row held for a shared answer starts one task that fetches it (under the fatal
+    switch) and then hands every row held for it to the workers. Once the answer is in, the
+    backend no longer names it, and later rows of that account go straight to the workers.
+    """
+
+    def __init__(self, run: _Run, backend: SharedAnswers, nursery: trio.Nursery) -> None:
+        self._run = run
+        self._backend = backend
+        self._nursery = nursery
+        self._rows: dict[Hashable, list[PendingRow]] = {}
+        self._count = 0
+
+    def hold(self, row: PendingRow, send: trio.MemorySendChannel[PendingRow]) -> bool:
+        """Hold ``row`` back if its lookup would wait now; ``False``: give it to a worker."""
+        if self._count >= MAX_HELD or self._run.switch.fatal is not None:
+            return False
+        config = self._run.config
+        planned = plan(row, config.clock(), config.min_age)
+        if isinstance(planned, Outcome):
+            return False
+        shared = self._backend.waits_for(planned)
+        if shared is None:
+            return False
+        rows = self._rows.get(shared)
+        if rows is None:
+            rows = self._rows[shared] = []
+            # The clone keeps the workers' channel open until these rows are handed over.
+            self._nursery.start_soon(self._release, shared, send.clone())
+        rows.append(row)
+        self._count += 1
+        return True
+
+    async def _release(self, shared: Hashable, send: trio.MemorySendChannel[PendingRow]) -> None:
+        switch = self._run.switch
+        with send:
+            scope = trio.CancelScope()
+            switch.watch(scope)
+            try:
+                with scope:
+                    await self._backend.fetch(shared)
+            except BrokerFatal as exc:
+                switch.trip(exc)
+            except Exception:
+                # The workers' lookups meet the same failure and answer for it, row by row.
+                log.exception("fetching a shared answer failed unexpectedly")
+            finally:
+                switch.unwatch(scope)
+            # After a fatal condition the rows still go through: the workers mark them.
+            rows = self._rows.pop(shared)
+            self._count -= len(rows)
+            for row in rows:
+                try:
+                    send.send_nowait(row)
+                except trio.WouldBlock:
+                    await send.send(row)
 
 
 def _open_private(path: os.PathLike[str] | str) -> IO[bytes]:

@@ -10,6 +10,9 @@
 Per account, the order listing and the 7-day trades are fetched once per run, by the first
 worker that needs them, and shared by all; a failed fetch is remembered with its reason. Only
 cancels and modifies missing from the listing cost a request of their own (the status endpoint).
+The backend tells the engine which rows would wait for a listing (:meth:`CpapiBackend.waits_for`),
+so that those rows are held back while the listing is fetched, and one account's listing
+(with its warm-up re-ask) is fetched whole before the next account's.
 """
 
 from __future__ import annotations
@@ -96,6 +99,11 @@ class CpapiBackend:
         self._accounts: frozenset[str] | None = None
         self._listings: _Once[OrderBook | Failed] = _Once()
         self._trades: _Once[Executions | Failed] = _Once()
+        # One account's fetch (both calls of a warm-up) at a time, in the order asked: the
+        # first accounts' listings are in after one or two lane intervals each, instead of
+        # every account's first call going before any re-ask.
+        self._listing_turn = trio.Lock()
+        self._trades_turn = trio.Lock()
 
     async def __aenter__(self) -> Self:
         self._shared = self._wire.client(connections=_SHARED_CONNECTIONS)
@@ -201,6 +209,33 @@ class CpapiBackend:
             return listing, trades
         return await _both(self.listing, self.trades, account_id)
 
+    def waits_for(self, query: Query) -> Hashable | None:
+        """The account whose shared answers a lookup of ``query`` would wait for, or ``None``.
+
+        A submit needs the account's listing and trades, a cancel or modify its listing; a
+        query answered without them (an unknown account, a non-numeric order id) waits for
+        nothing.
+        """
+        account = query.account_id
+        if self._accounts is None or account not in self._accounts:
+            return None
+        if self._listings.peek(account) is None:
+            if query.operation == "submit" or parse_order_id(query.lookup_id) is not None:
+                return account
+        elif query.operation == "submit" and self._trades.peek(account) is None:
+            return account
+        return None
+
+    async def fetch(self, shared: Hashable) -> None:
+        """Fetch the listing and the trades of the account :meth:`waits_for` named.
+
+        Both together, even for an account of cancels and modifies only: the two endpoints
+        have lanes of their own, and fetching both keeps the lanes in the same account order.
+        """
+        if not isinstance(shared, str):
+            raise TypeError(f"not an account id: {shared!r}")
+        await self.submit_evidence(shared)
+
     async def order_status(
         self, client: httpx.AsyncClient, order_id: int
     ) -> OrderStatus | NotFound:
@@ -214,6 +249,10 @@ class CpapiBackend:
         )
 
     async def _fetch_listing(self, account_id: str) -> OrderBook | Failed:
+        async with self._listing_turn:
+            return await self._fetch_listing_now(account_id)
+
+    async def _fetch_listing_now(self, account_id: str) -> OrderBook | Failed:
         try:
             book = OrderBook.build(await self._listing_rows(account_id), account_id)
             if isinstance(book, OrderBook) and book.state == "empty":
@@ -243,6 +282,10 @@ class CpapiBackend:
         return listing.orders
 
     async def _fetch_trades(self, account_id: str) -> Executions | Failed:
+        async with self._trades_turn:
+            return await self._fetch_trades_now(account_id)
+
+    async def _fetch_trades_now(self, account_id: str) -> Executions | Failed:
         try:
             rows = await self._trade_rows(account_id)
             if not any(row.account_id == account_id for row in rows):

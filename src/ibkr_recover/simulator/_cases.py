@@ -85,8 +85,35 @@ def _listing() -> list[Case]:
     return cases
 
 
+def _crash() -> list[Case]:
+    """A gateway's backlog after a crash, per 99 rows.
+
+    Mostly submits: 30 that the broker has (in the listing, or filled and only in the
+    trades), 54 that never reached it (the gateway died between its write-ahead row and the
+    send); 10 cancels and modifies, 6 of orders in the listing and 4 answered by the status
+    endpoint (orders of an earlier session); a few too recent, without context, or with
+    bracket legs at the broker. Listings stay below 900 rows up to 2,600 pending rows of an
+    account.
+    """
+    common = ("Submitted", "PreSubmitted", "Filled", "Cancelled", "PendingSubmit", "Inactive")
+    cases: list[Case] = []
+    for wf in WORKFLOWS:
+        cases.extend(Case("listed", wf, "submit", common[n % len(common)]) for n in range(12))
+        cases.extend([Case("trades_id", wf)] * 3)
+        cases.extend([Case("absent", wf)] * 27)
+        cases.append(Case("listed", wf, "cancel", "Submitted"))
+        cases.append(Case("listed", wf, "cancel", "Cancelled"))
+        cases.append(Case("listed", wf, "modify", "Submitted"))
+        cases.append(Case("status_only", wf, "cancel", "Filled"))
+        cases.append(Case("status_only", wf, "modify", "Submitted"))
+        cases.extend([Case("too_recent", wf), Case("no_context", wf)])
+    cases.append(Case("legs", "paper"))
+    return cases
+
+
 CASES_BY_MIX: dict[str, tuple[Case, ...]] = {
     "mixed": tuple(_mixed()),
     "per_order": tuple(_per_order()),
     "listing": tuple(_listing()),
+    "crash": tuple(_crash()),
 }

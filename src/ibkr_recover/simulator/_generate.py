@@ -32,8 +32,8 @@ from ._scenario import Scenario, Switches, dump_scenario
 
 __all__ = ["MIXES", "Decision", "Expected", "Mix", "Report", "generate", "main"]
 
-Mix = Literal["mixed", "per_order", "listing"]
-MIXES: tuple[Mix, ...] = ("mixed", "per_order", "listing")
+Mix = Literal["mixed", "per_order", "listing", "crash"]
+MIXES: tuple[Mix, ...] = ("mixed", "per_order", "listing", "crash")
 
 #: How long after ``now`` the expectations hold: the too-recent rows are dated this far ahead.
 VALIDITY_S = 3600
