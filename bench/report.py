@@ -293,9 +293,10 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
         md += [
             "## Paced run (IBKR's limits enforced by the simulator)",
             "",
-            f"{p['rows']:,}-row mixed backlog over {p['accounts']} accounts; the simulator "
-            "enforces 10 requests/s and one listing and one trades call per 5 s (429 and penalty "
-            "box otherwise); the tool runs with its defaults (`--rate 10 --listing-interval 5`).",
+            f"{p['rows']:,}-row `{p.get('mix', 'mixed')}` backlog over {p['accounts']} "
+            "accounts; the simulator enforces 10 requests/s and one listing and one trades call "
+            "per 5 s (429 and penalty box otherwise); the tool runs with its defaults "
+            "(`--rate 10 --listing-interval 5`).",
             "",
             "| requests | elapsed s | achieved req/s | allowed req/s | 429s | lower bound s "
             "| exit | baseline requests | baseline listing calls | baseline would need s |",
@@ -310,6 +311,15 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
             "(listing calls - 1) x 5 s).",
             "",
         ]
+        if "by_endpoint" in p:
+            calls = ", ".join(f"{k} {v:,}" for k, v in sorted(p["by_endpoint"].items()))
+            md += [
+                f"The tool's requests by endpoint: {calls}. Its listing calls alone take "
+                f"{p['listing_chain_s']:.1f} s (one per 5.1 s; an account's first listing is "
+                "the session warm-up and is asked again), and an account's status lookups can "
+                "only start once its listing is in.",
+                "",
+            ]
     if results.get("backlogs"):
         md += [
             "## Backlog generation",

@@ -360,15 +360,21 @@ def paced_run(plan: Plan, results: Results, tmp: Path) -> None:
     rate, listing_interval = 10.0, 5.0
     with Simulator(backlog.scenario, "--pacing") as sim:
         r = run_tool(sim, backlog.fresh_copy(tmp / "paced.db"), 64, fast=False)
+        by_endpoint = sim.stats()["by_endpoint"]
     elapsed = r["elapsed_s"]
     requests = r["requests"]
+    listing_calls = by_endpoint.get("listing", 0)
     base_total, base_listing = baseline_requests(backlog.db)
     r.update(
         rows=backlog.rows,
+        mix=backlog.mix,
         accounts=backlog.accounts,
         allowed_rate=rate,
         achieved_rate=requests / elapsed if elapsed else 0.0,
         lower_bound_s=requests / rate,
+        by_endpoint=by_endpoint,
+        # The listing calls go one per interval (the tool keeps 2 % inside it).
+        listing_chain_s=max(0, listing_calls - 1) * listing_interval * 1.02,
         baseline_requests=base_total,
         baseline_listing_requests=base_listing,
         baseline_s=max(base_total / rate, (base_listing - 1) * listing_interval),
