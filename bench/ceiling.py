@@ -1,11 +1,14 @@
 """The ceiling: the tool's HTTP requests in a bare loop, with no database and no decisions.
 
-The same client setup as the tool (one single-connection ``httpx.AsyncClient`` per worker, all
-sharing one ``ssl.SSLContext``, built by the tool's own ``Wire.client``), on trio, at the same
-concurrency, issuing the same requests; each worker does ``await client.get(target)`` and reads
-the body, nothing else::
+The same client setup as the tool (one single-connection httpcore pool per worker, all sharing
+one ``ssl.SSLContext``, built by the tool's own ``Wire.client``), on trio, at the same
+concurrency, issuing the same requests; each worker does ``await pool.request("GET", url)``
+(which reads the body), nothing else::
 
     python bench/ceiling.py BASE_URL TARGETS.txt --concurrency 64     # prints one JSON object
+
+``--via httpx`` is the same loop through one single-connection ``httpx.AsyncClient`` per worker
+(``await client.get(target)``), the client the tool used before it went to httpcore directly.
 
 ``--via wire`` sends them through the tool's own request path instead (``Wire._send``: the
 total deadline, an absolute URL, the streamed and capped body), still without decoding, deciding
@@ -26,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+import httpx
 import trio
 
 from ibkr_recover.cpapi import CpapiSettings
@@ -40,23 +44,37 @@ async def bare_loop(
 ) -> dict[str, float]:
     settings = CpapiSettings(base_url=base_url, rate=0, listing_interval=0, concurrency=concurrency)
     wire = Wire(settings)
-    async with wire.client(connections=1) as first:
+    headers = {"Accept": "application/json", "User-Agent": "ibkr-recover"}
+    async with httpx.AsyncClient(base_url=base_url, verify=settings.ssl_context) as first:
         (await first.get("/iserver/accounts")).raise_for_status()
     pending: Iterator[str] = iter(targets)
     done = 0
 
     async def worker() -> None:
         nonlocal done
-        async with wire.client(connections=1) as client:
+        if via == "httpx":
+            async with httpx.AsyncClient(
+                base_url=base_url,
+                verify=settings.ssl_context,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                headers=headers,
+            ) as client:
+                for target in pending:
+                    _ = (await client.get(target)).content
+                    done += 1
+            return
+        pool = wire.client(connections=1)
+        try:
             for target in pending:
                 if via == "get":
-                    response = await client.get(target)
-                    _ = response.content
+                    _ = (await pool.request("GET", base_url + target, headers=headers)).content  # type: ignore[attr-defined]
                 else:
                     path, _, query = target.partition("?")
                     params = dict(parse_qsl(query)) or None
-                    await wire._send(client, path, params, _CAP, target)
+                    await wire._send(pool, path, params, _CAP, target)
                 done += 1
+        finally:
+            await pool.aclose()
 
     started = trio.current_time()
     cpu = time.process_time()
@@ -77,7 +95,7 @@ def main() -> None:
     parser.add_argument("base_url")
     parser.add_argument("targets", type=Path)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--via", choices=("get", "wire"), default="get")
+    parser.add_argument("--via", choices=("get", "wire", "httpx"), default="get")
     args = parser.parse_args()
     targets = args.targets.read_text().split()
     if args.via == "wire":

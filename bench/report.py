@@ -170,9 +170,9 @@ def plots(
                     lines[(who, conc)].append((latency, v["rows_per_s"]))
             for (who, conc), points in sorted(lines.items()):
                 points.sort()
-                style = {"tool": "-o", "ceiling": "--s", "wire": "-.x", "baseline": ":^"}[who]
-                if who == "wire":
+                if who not in ("tool", "ceiling", "baseline"):
                     continue  # in the table; the plot shows the three contenders
+                style = {"tool": "-o", "ceiling": "--s", "baseline": ":^"}[who]
                 label = who if who == "baseline" else f"{who} c={conc}"
                 ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
             ax.set_yscale("log")
@@ -254,7 +254,10 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
         "ceiling, one round trip per row for the baseline), so the baseline runs on the first "
         "rows of the same backlog. The ceiling replays the requests the tool sent for the same "
         "rows (taken from the simulator's request log), so its rows/s is rows divided by the "
-        "time of those requests.",
+        "time of those requests. `wire` sends the same requests through the tool's own request "
+        "path (deadline, capped streamed body) with the tool's process settings; `httpx` is the "
+        "ceiling's loop through one single-connection `httpx.AsyncClient` per worker instead of "
+        "httpcore's pool, the client the tool used before.",
         "",
     ]
     if results.get("rss"):

@@ -253,6 +253,8 @@ def latency_runs(plan: Plan, results: Results, workload: str, tmp: Path) -> None
                     if conc == 64:
                         wire = run_ceiling(sim, targets, rows, conc, via="wire")
                         record(results, workload, latency, "wire", conc, rep, wire)
+                        old = run_ceiling(sim, targets, rows, conc, via="httpx")
+                        record(results, workload, latency, "httpx", conc, rep, old)
                 rate = 1 / (lat_s + per_request)
                 rows = sized(plan, rate, backlog.rows, floor=60)
                 baseline = run_baseline(sim, prefix_copy(backlog, rows, tmp / "base.db"))

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from ibkr_recover import Absent, BrokerError, BrokerFatal, Found, Unresolved
-from ibkr_recover.cpapi._translate import translate_error
+from ibkr_recover.cpapi._translate import RequestFailed, translate_error
 from test_cpapi_fakes import (
     A1,
     FakeGateway,
@@ -552,6 +552,38 @@ def test_tls_cause_two_levels_down_is_surfaced() -> None:
     assert error.reason == "tls"
     assert "certificate verify failed: unable to get local issuer certificate" in str(error)
     assert "--cacert" in str(error)
+
+
+def test_tls_cause_under_httpcore_connect_error_is_surfaced() -> None:
+    # The shape the tool's own connections give: httpcore.ConnectError(Broken(...)) <- verify.
+    verify = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    verify.verify_message = "self-signed certificate"
+    broken = trio.BrokenResourceError()
+    broken.__cause__ = verify
+    error = translate_error(httpcore.ConnectError(broken), "GET /x", settings())
+    assert isinstance(error, BrokerFatal)
+    assert (error.reason, "self-signed certificate" in str(error)) == ("tls", True)
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason", "retryable", "says"),
+    [
+        (httpcore.ConnectError(OSError(111, "Connection refused")), "unavailable", True,
+         "cannot connect to the gateway"),
+        (httpcore.ReadTimeout("timed out"), "timeout", True, "no complete answer"),
+        (httpcore.RemoteProtocolError("Server disconnected without sending a response."),
+         "unavailable", True, "the connection failed"),
+        (httpcore.ReadError(OSError(104, "Connection reset by peer")), "unavailable", True,
+         "the connection failed"),
+    ],
+)  # fmt: skip
+def test_httpcore_errors_are_translated(
+    exc: Exception, reason: str, retryable: bool, says: str
+) -> None:
+    error = translate_error(exc, "GET /x", settings())
+    assert isinstance(error, RequestFailed)
+    assert (error.reason, error.retryable) == (reason, retryable)
+    assert says in str(error)
 
 
 def test_tls_eof_mid_stream_is_a_connection_failure_not_a_tls_policy_error() -> None:

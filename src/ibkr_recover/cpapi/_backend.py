@@ -42,7 +42,7 @@ from ._evidence import (
     find_by_order_id,
     parse_order_id,
 )
-from ._http import ACCOUNTS_PATH, SMALL_BODY_BYTES, NotFound, Wire
+from ._http import ACCOUNTS_PATH, SMALL_BODY_BYTES, Connection, NotFound, Wire
 from ._models import (
     ACCOUNTS,
     AUTH_STATUS,
@@ -95,7 +95,7 @@ class CpapiBackend:
         self._wire = Wire(settings, transport=_transport, rng=_rng)
         self._listing_lane = Spacer(settings.listing_interval * PACING_MARGIN)
         self._trades_lane = Spacer(settings.listing_interval * PACING_MARGIN)
-        self._shared: httpx.AsyncClient | None = None
+        self._shared: Connection | None = None
         self._accounts: frozenset[str] | None = None
         self._listings: _Once[OrderBook | Failed] = _Once()
         self._trades: _Once[Executions | Failed] = _Once()
@@ -237,7 +237,7 @@ class CpapiBackend:
         await self.submit_evidence(shared)
 
     async def order_status(
-        self, client: httpx.AsyncClient, order_id: int
+        self, client: Connection, order_id: int
     ) -> OrderStatus | NotFound:
         """One order by broker id, through the caller's own client.
 
@@ -310,7 +310,7 @@ class CpapiBackend:
             raise RequestFailed("bad_schema", f"GET {TRADES_PATH}: an object, not a list")
         return answer
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> Connection:
         if self._shared is None:
             raise RuntimeError("use CpapiBackend as 'async with CpapiBackend(settings) as b'")
         return self._shared
@@ -319,7 +319,7 @@ class CpapiBackend:
 class CpapiResolver:
     """One worker's handle: answers queries with the shared listings and its own client."""
 
-    def __init__(self, backend: CpapiBackend, client: httpx.AsyncClient) -> None:
+    def __init__(self, backend: CpapiBackend, client: Connection) -> None:
         self._backend = backend
         self._client = client
 

@@ -1,4 +1,4 @@
-"""The one translation of lower-layer errors (httpx, ssl, trio, msgspec) into the package's.
+"""The one translation of lower-layer errors (httpcore, ssl, trio, msgspec) into the package's.
 
 A failed request becomes :class:`RequestFailed` (the row is unresolved with its ``reason``) or
 :class:`~ibkr_recover.BrokerFatal` (the run stops: a TLS handshake that fails will fail for
@@ -12,6 +12,7 @@ import ssl
 import unicodedata
 from collections.abc import Iterator
 
+import httpcore
 import httpx
 import msgspec
 import trio
@@ -21,6 +22,15 @@ from .._mask import mask_accounts_in
 from ._settings import CpapiSettings
 
 __all__ = ["RequestFailed", "clip", "origin", "translate_error"]
+
+_CONNECTION_ERRORS = (
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    trio.BrokenResourceError,
+    OSError,
+)
 
 
 class RequestFailed(BrokerError):
@@ -50,23 +60,21 @@ def translate_error(exc: Exception, where: str, settings: CpapiSettings) -> Brok
     tls = _tls_failure(exc)
     if tls is not None:
         return BrokerFatal("tls", f"TLS failure talking to {where_to}: {_describe_tls(tls)}")
-    if isinstance(exc, trio.TooSlowError | httpx.TimeoutException):
+    if isinstance(exc, trio.TooSlowError | httpcore.TimeoutException | httpx.TimeoutException):
         return RequestFailed(
             "timeout",
             f"{where}: no complete answer within {settings.timeout:g} s",
             retryable=True,
         )
     cause = _describe_cause(exc)
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpcore.ConnectError | httpx.ConnectError):
         return RequestFailed(
             "unavailable",
             f"cannot connect to the gateway at {where_to}: {cause} "
             "(is the Client Portal Gateway running, and is --base-url right?)",
             retryable=True,
         )
-    if isinstance(
-        exc, httpx.NetworkError | httpx.RemoteProtocolError | trio.BrokenResourceError | OSError
-    ):
+    if isinstance(exc, _CONNECTION_ERRORS):
         hint = ""
         if _hung_up_on_plain_http(exc, settings):
             hint = " (does the gateway serve HTTPS? try an https:// base URL)"
@@ -80,7 +88,7 @@ def _hung_up_on_plain_http(exc: Exception, settings: CpapiSettings) -> bool:
     """A plain-HTTP request the server hung up on unanswered: what a TLS port does with it."""
     return (
         httpx.URL(settings.base_url).scheme == "http"
-        and isinstance(exc, httpx.RemoteProtocolError)
+        and isinstance(exc, httpcore.RemoteProtocolError | httpx.RemoteProtocolError)
         and "without sending a response" in str(exc)
     )
 
@@ -107,7 +115,7 @@ def _tls_failure(exc: Exception) -> ssl.SSLError | None:
     for error in errors:
         if isinstance(error, ssl.SSLCertVerificationError):
             return error
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpcore.ConnectError | httpx.ConnectError):
         for error in errors:
             if not isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
                 return error
