@@ -21,12 +21,17 @@ Decision = Literal["complete", "clear", "unresolved", "skipped", "conflict"]
 
 
 class PendingRow(msgspec.Struct, frozen=True, array_like=True):
-    """One ``pending_writer`` row as read from the table."""
+    """One ``pending_writer`` row as read from the table.
+
+    ``rowid`` is where the row sat when it was read (``None`` for a ``WITHOUT ROWID`` table):
+    a hint that lets the writer skip the key's index, never part of the compare-and-set.
+    """
 
     key: str
     request_hash: str
     created_at: object
     payload_json: object
+    rowid: int | None = None
 
 
 class Outcome(msgspec.Struct):
@@ -44,6 +49,7 @@ class Outcome(msgspec.Struct):
     broker_order_id: str | None = None
     payload_json: str | None = None
     result_hash: str | None = None
+    rowid: int | None = None
 
     @property
     def writes(self) -> bool:
@@ -53,7 +59,7 @@ class Outcome(msgspec.Struct):
 def unresolved(row: PendingRow, reason: str, query: Query | None = None) -> Outcome:
     """An outcome that leaves the row untouched, with ``reason``."""
     if query is None:
-        return Outcome(row.key, row.request_hash, "unresolved", reason)
+        return Outcome(row.key, row.request_hash, "unresolved", reason, rowid=row.rowid)
     return Outcome(
         row.key,
         row.request_hash,
@@ -62,6 +68,7 @@ def unresolved(row: PendingRow, reason: str, query: Query | None = None) -> Outc
         workflow=query.workflow,
         operation=query.operation,
         account_id=query.account_id,
+        rowid=row.rowid,
     )
 
 
@@ -117,6 +124,7 @@ def decide(
                 broker_order_id=order.broker_order_id,
                 payload_json=payload,
                 result_hash=result_hash,
+                rowid=row.rowid,
             )
         case Absent():
             # The broker's listings only reach back so far: an old submit's absence proves nothing.

@@ -36,34 +36,54 @@ __all__ = [
     "summarise",
 ]
 
+# The last column is the rowid (``NULL`` when the table has none): see :class:`PendingRow`.
 _SELECT_PAGE: Final = f"""
-SELECT idempotency_key, request_hash, created_at, payload_json
+SELECT idempotency_key, request_hash, created_at, payload_json, {{rowid}}
 FROM {IDEMPOTENCY_TABLE}
 WHERE status = 'pending_writer' AND (created_at, idempotency_key) > (?, ?)
 ORDER BY created_at, idempotency_key
 LIMIT ?"""
 
 _SELECT_FIRST_PAGE: Final = f"""
-SELECT idempotency_key, request_hash, created_at, payload_json
+SELECT idempotency_key, request_hash, created_at, payload_json, {{rowid}}
 FROM {IDEMPOTENCY_TABLE}
 WHERE status = 'pending_writer'
 ORDER BY created_at, idempotency_key
 LIMIT ?"""
 
-_COMPLETE: Final = f"""
-UPDATE {IDEMPOTENCY_TABLE}
-SET status = 'submitted', payload_json = ?, result_hash = ?, updated_at = ?, failure_json = NULL
-WHERE idempotency_key = ? AND request_hash = ? AND status = 'pending_writer'"""
+_PROBE_ROWID: Final = f"SELECT rowid FROM {IDEMPOTENCY_TABLE} LIMIT 0"
 
-_CLEAR: Final = f"""
-DELETE FROM {IDEMPOTENCY_TABLE}
-WHERE idempotency_key = ? AND request_hash = ? AND status = 'pending_writer'"""
+_TABLE_XINFO: Final = f"PRAGMA table_xinfo({IDEMPOTENCY_TABLE})"
+
+_COMPLETE_SET: Final = f"""
+UPDATE {IDEMPOTENCY_TABLE}
+SET status = 'submitted', payload_json = ?, result_hash = ?, updated_at = ?, failure_json = NULL"""
+
+_CAS: Final = "idempotency_key = ? AND request_hash = ? AND status = 'pending_writer'"
+
+_COMPLETE: Final = f"{_COMPLETE_SET}\nWHERE {_CAS}"
+
+_CLEAR: Final = f"DELETE FROM {IDEMPOTENCY_TABLE}\nWHERE {_CAS}"
+
+# The same compare-and-set, reaching the row through its rowid instead of the key's index.
+_COMPLETE_AT: Final = f"{_COMPLETE_SET}\nWHERE rowid = ? AND {_CAS}"
+
+_CLEAR_AT: Final = f"DELETE FROM {IDEMPOTENCY_TABLE}\nWHERE rowid = ? AND {_CAS}"
 
 _PROBE_WRITE: Final = f"UPDATE {IDEMPOTENCY_TABLE} SET status = status WHERE 0"
 
 #: How often a ``BEGIN IMMEDIATE`` that found the database locked past the busy timeout is tried
 #: again before the run gives up with exit 4.
 BUSY_RETRIES: Final = 3
+
+#: Page cache of the writer connection, in KiB (SQLite's default is 2 MiB): a batch of
+#: scattered rows touches about one table page and one index page per row.
+WRITER_CACHE_KIB: Final = 64 * 1024
+
+#: WAL size, in pages, past which a commit of the writer checkpoints (SQLite's default is
+#: 1000). Every checkpoint ends in an fsync of the database; at the default a run spends more
+#: time in them than in its statements. The gateway's connections keep their own threshold.
+WRITER_AUTOCHECKPOINT_PAGES: Final = 10_000
 
 
 def storage_error(exc: sqlite3.Error, path: Path, action: str) -> StorageError:
@@ -114,9 +134,16 @@ class Store:
     def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self._lock_fd: int | None = None
+        self._page_queries: tuple[str, str] | None = None
         self._reader = connect(path, busy_timeout=busy_timeout)
         self._writer = connect(path, busy_timeout=busy_timeout)
-        self._lock_fd: int | None = None
+        try:
+            self._writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            self._writer.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
+        except sqlite3.Error as exc:
+            self.close()
+            raise storage_error(exc, path, "cannot open") from exc
         self.db = sqlite_utils.Database(self._reader)
 
     def close(self) -> None:
@@ -239,15 +266,33 @@ class Store:
     def read_page(self, after: tuple[object, str] | None, limit: int) -> list[PendingRow]:
         """The next ``limit`` pending rows after ``after`` in ``(created_at, key)`` order."""
         try:
+            first, following = self._page_queries or self._choose_page_queries()
             if after is None:
-                cursor = self._reader.execute(_SELECT_FIRST_PAGE, (limit,))
+                cursor = self._reader.execute(first, (limit,))
             else:
-                cursor = self._reader.execute(_SELECT_PAGE, (*after, limit))
+                cursor = self._reader.execute(following, (*after, limit))
             page = [PendingRow(*row) for row in cursor]
         except sqlite3.Error as exc:
             raise storage_error(exc, self.path, "cannot read") from exc
         _crash.checkpoint("page read")
         return page
+
+    def _choose_page_queries(self) -> tuple[str, str]:
+        # A WITHOUT ROWID table has no rowid, and a column named ``rowid`` would shadow it:
+        # either way pages carry NULL and the writer addresses those rows by key alone.
+        columns = {row[1].lower() for row in self._reader.execute(_TABLE_XINFO)}
+        rowid = "NULL"
+        if "rowid" not in columns:
+            try:
+                self._reader.execute(_PROBE_ROWID)
+            except sqlite3.OperationalError as exc:
+                if "no such column" not in str(exc):
+                    raise
+            else:
+                rowid = "rowid"
+        queries = (_SELECT_FIRST_PAGE.format(rowid=rowid), _SELECT_PAGE.format(rowid=rowid))
+        self._page_queries = queries
+        return queries
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -271,13 +316,13 @@ class Store:
         The transaction is all-or-nothing: on any error it is rolled back and
         :class:`StorageError` is raised.
         """
-        completes = [o for o in outcomes if o.decision == "complete"]
-        clears = [o for o in outcomes if o.decision == "clear"]
+        completes = _by_rowid([o for o in outcomes if o.decision == "complete"])
+        clears = _by_rowid([o for o in outcomes if o.decision == "clear"])
         self._begin_immediate()
         try:
             _crash.checkpoint("after BEGIN IMMEDIATE")
-            applied = self._apply_all(completes, clears, now)
-            if applied is None:
+            applied = None
+            if not self._apply_all(completes, clears, now):
                 # Someone changed rows since we read them: find out which, one statement each.
                 self._writer.execute("ROLLBACK TO batch")
                 applied = self._apply_each(completes, clears, now)
@@ -290,52 +335,88 @@ class Store:
                 raise storage_error(exc, self.path, "cannot write") from exc
             raise
         _crash.checkpoint("after COMMIT")
-        by_key = dict(zip([id(o) for o in completes + clears], applied, strict=True))
-        return [by_key.get(id(o), False) for o in outcomes]
+        if applied is None:
+            return [o.decision == "complete" or o.decision == "clear" for o in outcomes]
+        by_id = dict(zip([id(o) for o in completes + clears], applied, strict=True))
+        return [by_id.get(id(o), False) for o in outcomes]
 
-    def _apply_all(
-        self, completes: list[Outcome], clears: list[Outcome], now: int
-    ) -> list[bool] | None:
+    def _apply_all(self, completes: list[Outcome], clears: list[Outcome], now: int) -> bool:
+        """Every statement of the batch, ``executemany`` per kind; whether all hit their row.
+
+        A statement addressed by rowid misses when the row has moved (re-inserted, ``VACUUM``)
+        as well as when it has changed; :meth:`_apply_each` then settles it by key alone.
+        """
         self._writer.execute("SAVEPOINT batch")
+        executemany = self._writer.executemany
+        checkpoints = _Checkpoints()
+        at, by_key = _split(completes)
+        statements = [(_COMPLETE_AT, _complete_at(at, now)), (_COMPLETE, _complete(by_key, now))]
+        at, by_key = _split(clears)
+        statements += [(_CLEAR_AT, _clear_at(at)), (_CLEAR, _clear(by_key))]
         changed = 0
-        if completes:
-            params = _checkpointed(_complete_params(completes, now))
-            changed += self._writer.executemany(_COMPLETE, params).rowcount
-        if clears:
-            params = _checkpointed(_clear_params(clears))
-            changed += self._writer.executemany(_CLEAR, params).rowcount
-        if changed != len(completes) + len(clears):
-            return None
-        return [True] * changed
+        for sql, params in statements:
+            if params:
+                changed += executemany(sql, checkpoints.each(params)).rowcount
+        return changed == len(completes) + len(clears)
 
     def _apply_each(self, completes: list[Outcome], clears: list[Outcome], now: int) -> list[bool]:
         execute = self._writer.execute
-        applied = [execute(_COMPLETE, p).rowcount == 1 for p in _complete_params(completes, now)]
-        applied += [execute(_CLEAR, p).rowcount == 1 for p in _clear_params(clears)]
+        applied = [execute(_COMPLETE, p).rowcount == 1 for p in _complete(completes, now)]
+        applied += [execute(_CLEAR, p).rowcount == 1 for p in _clear(clears)]
         return applied
 
 
-def _complete_params(outcomes: list[Outcome], now: int) -> Iterator[tuple[object, ...]]:
-    for o in outcomes:
-        yield (o.payload_json, o.result_hash, now, o.key, o.request_hash)
+def _by_rowid(outcomes: list[Outcome]) -> list[Outcome]:
+    # Statements in rowid order walk the table's b-tree front to back (rows without one first).
+    outcomes.sort(key=_rowid_order)
+    return outcomes
 
 
-def _clear_params(outcomes: list[Outcome]) -> Iterator[tuple[object, ...]]:
-    for o in outcomes:
-        yield (o.key, o.request_hash)
+def _rowid_order(outcome: Outcome) -> int:
+    return -1 if outcome.rowid is None else outcome.rowid
 
 
-def _checkpointed(params: Iterator[tuple[object, ...]]) -> Iterable[tuple[object, ...]]:
-    if not _crash.enabled():
-        return params
-    return _between_statements(params)
+def _split(outcomes: list[Outcome]) -> tuple[list[Outcome], list[Outcome]]:
+    """Those that carry a rowid, and those that do not (first in rowid order)."""
+    keyed = 0
+    while keyed < len(outcomes) and outcomes[keyed].rowid is None:
+        keyed += 1
+    return outcomes[keyed:], outcomes[:keyed]
 
 
-def _between_statements(params: Iterator[tuple[object, ...]]) -> Iterator[tuple[object, ...]]:
-    for index, p in enumerate(params):
-        if index:
-            _crash.checkpoint("between statements")
-        yield p
+def _complete(outcomes: list[Outcome], now: int) -> list[tuple[object, ...]]:
+    return [(o.payload_json, o.result_hash, now, o.key, o.request_hash) for o in outcomes]
+
+
+def _complete_at(outcomes: list[Outcome], now: int) -> list[tuple[object, ...]]:
+    return [(o.payload_json, o.result_hash, now, o.rowid, o.key, o.request_hash) for o in outcomes]
+
+
+def _clear(outcomes: list[Outcome]) -> list[tuple[object, ...]]:
+    return [(o.key, o.request_hash) for o in outcomes]
+
+
+def _clear_at(outcomes: list[Outcome]) -> list[tuple[object, ...]]:
+    return [(o.rowid, o.key, o.request_hash) for o in outcomes]
+
+
+class _Checkpoints:
+    """The crash hook between any two statements of a batch (a no-op unless it is armed)."""
+
+    def __init__(self) -> None:
+        self._first = True
+
+    def each(self, params: list[tuple[object, ...]]) -> Iterable[tuple[object, ...]]:
+        if not _crash.enabled():
+            return params
+        return self._between(params)
+
+    def _between(self, params: list[tuple[object, ...]]) -> Iterator[tuple[object, ...]]:
+        for p in params:
+            if not self._first:
+                _crash.checkpoint("between statements")
+            self._first = False
+            yield p
 
 
 _SUMMARY_BY_STATUS: Final = f"""
