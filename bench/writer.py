@@ -3,9 +3,11 @@
 On copies of one database, the same decided rows (every pending row completed, about one in
 six cleared) are written twice: by ``Store.apply`` in batches (the tool's writer: one
 ``BEGIN IMMEDIATE`` transaction per batch, ``executemany`` of compare-and-set statements), and
-by one autocommitted ``UPDATE``/``DELETE`` per row (what the gateway's own recovery does)::
+by one autocommitted ``UPDATE``/``DELETE`` per row (what the gateway's own recovery does), at
+``synchronous=NORMAL`` as the gateway runs and, for fewer rows, at ``FULL``::
 
-    python bench/writer.py DB [--batch 1000] [--per-row-rows 20000] [--gateway-order]
+    python bench/writer.py DB [--batch 1000] [--per-row-rows 20000] [--per-row-full-rows 5000]
+                              [--gateway-order]
 
 ``--gateway-order`` first rewrites the table in ``created_at`` order, the order a live gateway
 inserts its rows in: the generator places rows at random, so every update of a generated
@@ -96,14 +98,14 @@ def batched(db: Path, batch: int) -> dict[str, float]:
     return {"rows": applied, "elapsed_s": elapsed, "rows_per_s": applied / elapsed, "cpu_s": cpu}
 
 
-def per_row(db: Path, limit: int) -> dict[str, float]:
+def per_row(db: Path, limit: int, synchronous: str = "NORMAL") -> dict[str, float]:
     store = Store(db)
     try:
         outcomes = decided(store)[:limit]
     finally:
         store.close()
     conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     started, cpu = time.perf_counter(), time.process_time()
     now = int(time.time())
     for o in outcomes:
@@ -126,19 +128,27 @@ def per_row(db: Path, limit: int) -> dict[str, float]:
     return {"rows": n, "elapsed_s": elapsed, "rows_per_s": n / elapsed, "cpu_s": cpu}
 
 
-def run(db: Path, *, batch: int, per_row_rows: int, ordered: bool) -> dict[str, Any]:
+def run(
+    db: Path, *, batch: int, per_row_rows: int, per_row_full_rows: int, ordered: bool
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
         pristine = copy_db(db, Path(tmp) / "pristine.db")
         if ordered:
             gateway_order(pristine)
         result_batched = batched(copy_db(pristine, Path(tmp) / "a.db"), batch)
         result_per_row = per_row(copy_db(pristine, Path(tmp) / "b.db"), per_row_rows)
+        result_full = None
+        if per_row_full_rows:
+            full_db = copy_db(pristine, Path(tmp) / "c.db")
+            result_full = per_row(full_db, per_row_full_rows, "FULL")
     return {
         "order": "gateway (created_at)" if ordered else "generated (random)",
         "batch": batch,
         "batched": result_batched,
         "per_row": result_per_row,
         "speedup": result_batched["rows_per_s"] / result_per_row["rows_per_s"],
+        "per_row_full": result_full,
+        "speedup_full": result_full and result_batched["rows_per_s"] / result_full["rows_per_s"],
     }
 
 
@@ -147,10 +157,15 @@ def main() -> None:
     parser.add_argument("db", type=Path)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--per-row-rows", type=int, default=20000)
+    parser.add_argument("--per-row-full-rows", type=int, default=5000, help="0: skip")
     parser.add_argument("--gateway-order", action="store_true")
     args = parser.parse_args()
     result = run(
-        args.db, batch=args.batch, per_row_rows=args.per_row_rows, ordered=args.gateway_order
+        args.db,
+        batch=args.batch,
+        per_row_rows=args.per_row_rows,
+        per_row_full_rows=args.per_row_full_rows,
+        ordered=args.gateway_order,
     )
     print(json.dumps(result))
 

@@ -1,0 +1,255 @@
+"""The batch writer against real SQLite files: rowid addressing never weakens the compare-and-set.
+
+Pages carry each row's rowid so that a batch's statements skip the key's index; every statement
+still checks key, request hash and ``status='pending_writer'``, and a row that moved or changed
+since it was read is settled by key alone, exactly as without rowids.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import add_rows, context, dump, make_db, rows_by_key
+from ibkr_recover._backend import Absent, BrokerOrder, Found
+from ibkr_recover._decide import Outcome, PendingRow, decide, plan
+from ibkr_recover._schema import IDEMPOTENCY_DDL
+from ibkr_recover._store import WRITER_AUTOCHECKPOINT_PAGES, WRITER_CACHE_KIB, Store
+
+RUN_TIME = datetime(2030, 1, 1, tzinfo=UTC)
+NOW = 2_000_000_000
+
+
+def rows(n: int) -> list[dict[str, object]]:
+    return [{"key": f"k{i:03d}", "payload": context("paper", "submit", "DU1")} for i in range(n)]
+
+
+def read_all(store: Store) -> list[PendingRow]:
+    page, after = store.read_page(None, 1000), None
+    result = list(page)
+    while page:
+        after = (page[-1].created_at, page[-1].key)
+        page = store.read_page(after, 1000)
+        result += page
+    return result
+
+
+def decided(row: PendingRow, *, clear: bool = False) -> Outcome:
+    """The outcome the pipeline would write for ``row``: completed (found) or cleared (absent)."""
+    query = plan(row, NOW, 0)
+    assert not isinstance(query, Outcome)
+    order = BrokerOrder(query.account_id, f"b-{row.key}", "Filled", RUN_TIME)
+    answer = Absent() if clear else Found(order)
+    return decide(row, query, answer, now=NOW, max_clear_age=1e12, run_time=RUN_TIME)
+
+
+def gateway(db: Path, sql: str, *params: object) -> None:
+    """One autocommitted write by another process (the gateway), between read and write."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = make_db(tmp_path / "gateway.db", rows(12))
+    s = Store(db)
+    s.ensure_scan_index()
+    yield s
+    s.close()
+
+
+def test_pages_carry_each_rows_rowid(store: Store) -> None:
+    conn = sqlite3.connect(store.path)
+    expected = dict(conn.execute("SELECT idempotency_key, rowid FROM order_idempotency_records"))
+    conn.close()
+    page = read_all(store)
+    assert {row.key: row.rowid for row in page} == expected
+    assert all(decided(row).rowid == row.rowid for row in page)
+
+
+def test_a_batch_completes_and_clears_every_row_it_decided(store: Store) -> None:
+    page = read_all(store)
+    outcomes = [decided(row, clear=i % 3 == 0) for i, row in enumerate(page)]
+    assert store.apply(outcomes, NOW) == [True] * len(outcomes)
+    table = rows_by_key(store.path)
+    for outcome in outcomes:
+        if outcome.decision == "clear":
+            assert outcome.key not in table
+        else:
+            row = table[outcome.key]
+            assert row["status"] == "submitted"
+            assert row["payload_json"] == outcome.payload_json
+            assert row["result_hash"] == outcome.result_hash
+            assert row["updated_at"] == NOW
+            assert row["failure_json"] is None
+
+
+def test_answers_come_back_in_the_callers_order_whatever_the_rowid_order(store: Store) -> None:
+    page = read_all(store)
+    outcomes = [decided(row, clear=i % 2 == 0) for i, row in enumerate(page)][::-1]
+    outcomes.insert(3, Outcome(page[0].key, page[0].request_hash, "unresolved", "timeout"))
+    gateway(store.path, "DELETE FROM order_idempotency_records WHERE idempotency_key = 'k004'")
+    applied = store.apply(outcomes, NOW)
+    assert applied == [o.writes and o.key != "k004" for o in outcomes]
+
+
+def test_a_row_the_gateway_completed_after_the_read_is_a_conflict(store: Store) -> None:
+    page = read_all(store)
+    gateway(
+        store.path,
+        "UPDATE order_idempotency_records SET status = 'submitted', payload_json = 'gw',"
+        " result_hash = 'gateway' WHERE idempotency_key = ?",
+        page[5].key,
+    )
+    applied = store.apply([decided(row) for row in page], NOW)
+    assert applied == [row.key != page[5].key for row in page]
+    kept = rows_by_key(store.path)[page[5].key]
+    assert (kept["payload_json"], kept["result_hash"]) == ("gw", "gateway")
+
+
+def test_a_row_the_gateway_deleted_after_the_read_is_a_conflict(store: Store) -> None:
+    page = read_all(store)
+    gateway(store.path, "DELETE FROM order_idempotency_records WHERE idempotency_key = ?", "k002")
+    outcomes = [decided(row, clear=row.key == "k007") for row in page]
+    assert store.apply(outcomes, NOW) == [row.key != "k002" for row in page]
+    assert "k002" not in rows_by_key(store.path)
+
+
+def test_a_row_reinserted_with_another_request_hash_is_a_conflict(store: Store) -> None:
+    page = read_all(store)
+    gateway(store.path, "DELETE FROM order_idempotency_records WHERE idempotency_key = 'k003'")
+    gateway(
+        store.path,
+        "INSERT INTO order_idempotency_records (idempotency_key, request_hash, created_at,"
+        " payload_json, status) VALUES ('k003', 'another', 1, '{}', 'pending_writer')",
+    )
+    applied = store.apply([decided(row, clear=row.key == "k003") for row in page], NOW)
+    assert applied == [row.key != "k003" for row in page]
+    assert rows_by_key(store.path)["k003"]["request_hash"] == "another"
+
+
+def test_a_row_reinserted_unchanged_elsewhere_is_still_written_by_key(store: Store) -> None:
+    # Same key, hash and status: the compare-and-set holds, whatever rowid the row has now.
+    page = read_all(store)
+    original = next(row for row in page if row.key == "k001")
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.execute(
+        "CREATE TEMP TABLE moved AS SELECT * FROM order_idempotency_records WHERE rowid = ?",
+        (original.rowid,),
+    )
+    conn.execute("DELETE FROM order_idempotency_records WHERE rowid = ?", (original.rowid,))
+    add_rows(conn, [{"key": "filler", "created_at": 5}])
+    conn.execute("INSERT INTO order_idempotency_records SELECT * FROM moved")
+    conn.execute("COMMIT")
+    (moved_to,) = conn.execute(
+        "SELECT rowid FROM order_idempotency_records WHERE idempotency_key = 'k001'"
+    ).fetchone()
+    conn.close()
+    assert moved_to != original.rowid
+    outcomes = [decided(row, clear=row.key == "k001") for row in page]
+    assert store.apply(outcomes, NOW) == [True] * len(page)
+    table = rows_by_key(store.path)
+    assert "k001" not in table
+    assert table["filler"]["status"] == "pending_writer"
+
+
+def test_a_rowid_that_now_holds_another_row_never_writes_that_row(store: Store) -> None:
+    # VACUUM may renumber rowids: a stale rowid may point at another pending row.
+    page = read_all(store)
+    stale = decided(page[0])
+    stale.rowid = page[1].rowid
+    stale_clear = decided(page[2], clear=True)
+    stale_clear.rowid = page[3].rowid
+    before = rows_by_key(store.path)
+    assert store.apply([stale, stale_clear], NOW) == [True, True]
+    table = rows_by_key(store.path)
+    assert table[page[0].key]["status"] == "submitted"
+    assert page[2].key not in table
+    assert table[page[1].key] == before[page[1].key]
+    assert table[page[3].key] == before[page[3].key]
+
+
+def test_outcomes_without_a_rowid_are_written_by_key(store: Store) -> None:
+    page = read_all(store)
+    outcomes = [decided(row, clear=i % 2 == 1) for i, row in enumerate(page)]
+    for outcome in outcomes[::3]:
+        outcome.rowid = None
+    gateway(store.path, "DELETE FROM order_idempotency_records WHERE idempotency_key = 'k006'")
+    assert store.apply(outcomes, NOW) == [o.key != "k006" for o in outcomes]
+    table = rows_by_key(store.path)
+    assert [k for k, row in table.items() if row["status"] == "pending_writer"] == []
+
+
+def test_a_conflict_rolls_back_nothing_else_and_other_tables_stay_as_they_were(
+    store: Store,
+) -> None:
+    gateway(
+        store.path,
+        "INSERT INTO live_orders_pending VALUES ('DU1', 'b1', 'Submitted', 1, 2)",
+    )
+    before = [line for line in dump(store.path) if "order_idempotency_records" not in line]
+    page = read_all(store)
+    gateway(
+        store.path,
+        "UPDATE order_idempotency_records SET request_hash = 'changed' WHERE idempotency_key = ?",
+        page[-1].key,
+    )
+    assert sum(store.apply([decided(row) for row in page], NOW)) == len(page) - 1
+    after = [line for line in dump(store.path) if "order_idempotency_records" not in line]
+    assert after == before
+
+
+def test_a_without_rowid_table_is_read_and_written_by_key(tmp_path: Path) -> None:
+    db = tmp_path / "gateway.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(IDEMPOTENCY_DDL.replace("IF NOT EXISTS ", "") + " WITHOUT ROWID")
+    add_rows(conn, rows(6))
+    conn.commit()
+    conn.close()
+    store = Store(db)
+    try:
+        store.check()
+        store.ensure_scan_index()
+        page = read_all(store)
+        assert [row.rowid for row in page] == [None] * 6
+        gateway(db, "DELETE FROM order_idempotency_records WHERE idempotency_key = 'k002'")
+        outcomes = [decided(row, clear=row.key == "k004") for row in page]
+        assert store.apply(outcomes, NOW) == [row.key != "k002" for row in page]
+    finally:
+        store.close()
+    table = rows_by_key(db)
+    assert sorted(table) == ["k000", "k001", "k003", "k005"]
+    assert {row["status"] for row in table.values()} == {"submitted"}
+
+
+def test_a_column_named_rowid_is_not_taken_for_the_rowid(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "gateway.db", rows(4))
+    gateway(db, "ALTER TABLE order_idempotency_records ADD COLUMN rowid INTEGER")
+    gateway(db, "UPDATE order_idempotency_records SET rowid = 1")
+    store = Store(db)
+    try:
+        page = read_all(store)
+        assert [row.rowid for row in page] == [None] * 4
+        assert store.apply([decided(row) for row in page], NOW) == [True] * 4
+    finally:
+        store.close()
+    assert {row["status"] for row in rows_by_key(db).values()} == {"submitted"}
+
+
+def test_the_writer_connection_has_a_large_cache_and_a_long_checkpoint_interval(
+    store: Store,
+) -> None:
+    writer = store._writer
+    assert writer.execute("PRAGMA cache_size").fetchone() == (-WRITER_CACHE_KIB,)
+    assert writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (WRITER_AUTOCHECKPOINT_PAGES,)
+    assert writer.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert store._reader.execute("PRAGMA cache_size").fetchone() == (-2000,)
