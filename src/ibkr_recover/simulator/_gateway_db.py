@@ -133,6 +133,13 @@ class PendingBatch:
         self.created = [0] * n
         self.payloads = [""] * n
 
+    def put(self, rows: range, keys: list[str], created: list[int], payloads: list[str]) -> None:
+        """Store rows ``rows`` (a range inside the open batch) at once, a column at a time."""
+        at = slice(rows.start - self.start, rows.stop - self.start, rows.step)
+        self.keys[at] = keys
+        self.created[at] = created
+        self.payloads[at] = payloads
+
     def __len__(self) -> int:
         return len(self.keys)
 

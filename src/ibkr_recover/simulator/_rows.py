@@ -19,8 +19,10 @@ import hashlib
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
+from itertools import repeat
 from typing import Any
 
 from ._cases import Case
@@ -51,6 +53,16 @@ def _context(wf: str, op: str, account: str, oid: int | None = None) -> str:
         f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account}",'
         f'"broker_order_id":"{oid}"}}'
     )
+
+
+def _numbers(rows: range) -> list[str]:
+    """``f"{i:08d}"`` of every row (the row's part of its key), at half the cost."""
+    return [str(i).zfill(8) for i in rows]
+
+
+def _heads(wf: str, op: str, accounts: list[str]) -> dict[str, str]:
+    """The recovery context of each account, without its closing brace."""
+    return {account: _context(wf, op, account)[:-1] for account in set(accounts)}
 
 
 class _Clock:
@@ -117,16 +129,32 @@ class _Pool:
     def take(self, n: int, need: int) -> list[_Account]:
         """Accounts for ``n`` rows (round robin), each with room for ``need`` listed orders.
 
-        Room is reserved here: the caller places the orders without counting them.
+        Room is reserved here: the caller places the orders without counting them. The
+        accounts are picked in whole rounds over the open ones, as many rounds at a time as
+        the fullest of them has room for, rather than one row at a time.
         """
         if need == 0:
-            return [self.any() for _ in range(n)]
-        picked = []
-        for _ in range(n):
-            account = self.roomy(need)
-            account.listed += need
-            picked.append(account)
+            if not self.all:
+                self.add()
+            return self._rounds(self.all, n)
+        picked: list[_Account] = []
+        while len(picked) < n:
+            self._open = [a for a in self._open if a.listed + need <= LISTED_LIMIT]
+            if not self._open:
+                self.add()
+            rounds = min((LISTED_LIMIT - a.listed) // need for a in self._open)
+            chunk = self._rounds(self._open, min(n - len(picked), rounds * len(self._open)))
+            for account, times in Counter(chunk).items():
+                account.listed += need * times
+            picked += chunk
         return picked
+
+    def _rounds(self, accounts: list[_Account], n: int) -> list[_Account]:
+        """``n`` accounts of ``accounts`` round robin, from where the last pick stopped."""
+        at = self._rr % len(accounts)
+        self._rr += n
+        rotated = accounts[at:] + accounts[:at]
+        return (rotated * (n // len(accounts) + 1))[:n]
 
     def any(self, need: int = 0) -> _Account:
         """The next account, round robin, for a row that lists nothing."""
@@ -196,6 +224,11 @@ class RowBuilder:
     def _created(self, i: int) -> int:
         return self._now - 3600 - (i * 7919) % _SPREAD_S
 
+    def _created_column(self, rows: range) -> list[int]:
+        """:meth:`_created` of every row of ``rows``."""
+        base = self._now - 3600
+        return [base - (i * 7919) % _SPREAD_S for i in rows]
+
     # -- accounts ----------------------------------------------------------------------
 
     def _account_id(self, wf: str) -> str:
@@ -263,64 +296,80 @@ class RowBuilder:
     def _found(self, case: Case, rows: range, listed: bool, fallback: bool) -> None:
         """Orders the broker has (``listed`` or status-only); the rows complete.
 
-        The hot path of every mix: the per-row work is inlined, and whatever depends only on
-        the case or the account (the context's prefix) is computed once.
+        The hot path of every mix, so it works a column at a time (keys, times, payloads,
+        decisions of all the rows of the case) rather than a row at a time: most of the
+        per-row work then runs inside ``map`` and comprehensions instead of the interpreter
+        loop, and whatever depends only on the case or the account is computed once.
         """
         _, wf, op, status = case
-        pool = self._pools[wf]
-        picked = pool.take(len(rows), 1 if listed else 0)
-        lifecycle = lifecycle_status(status, op, wf)
-        ref_is_key = op == "submit"
-        context_id = not ref_is_key and not fallback
-        filled_all = status == "Filled"
-        partial_fill = status in ("Cancelled", "ApiCancelled")
+        n = len(rows)
+        picked = self._pools[wf].take(n, 1 if listed else 0)
+        accounts = [account.id for account in picked]
+        oids = range(self._oid + 1, self._oid + 1 + n)
+        self._oid += n
+        oid_texts = list(map(str, oids))
+        numbers = _numbers(rows)
+        keys = oid_texts if fallback else ["ord-" + number for number in numbers]
+        refs = keys if op == "submit" else ["orig-" + number for number in numbers]
+        created = self._created_column(rows)
+        at = [t + 1 + i % 29 for t, i in zip(created, rows, strict=True)]
+        self._place(picked, rows, oids, refs, at, status, listed)
+        heads = _heads(wf, op, accounts)
+        if op == "submit" or fallback:
+            payloads = [heads[account] + "}" for account in accounts]
+        else:
+            payloads = [
+                heads[account] + ',"broker_order_id":"' + oid + '"}'
+                for account, oid in zip(accounts, oid_texts, strict=True)
+            ]
+        self._out.put(rows, keys, created, payloads)
         dates, times = self._clock.tables(self._now)
-        keys, created_at, payloads = self._out.keys, self._out.created, self._out.payloads
-        start = self._out.start
-        decisions = self._decisions
-        prefixes: dict[str, str] = {}
-        base = self._now - 3600
-        oid = self._oid
-        for i, account in zip(rows, picked, strict=True):
-            oid += 1
-            key = str(oid) if fallback else f"ord-{i:08d}"
-            created = base - (i * 7919) % _SPREAD_S
-            at = created + 1 + i % 29
-            ms = at * 1000
-            ref = key if ref_is_key else f"orig-{i:08d}"
-            account_id = account.id
-            if filled_all:
-                account.orders.append(Order(oid, ref, status, listed, ms, 1.0, 1.0, _PRICE))
+        updated = [dates[t // 86_400] + times[t % 86_400] for t in at]
+        found = map(
+            Decision,
+            repeat("complete"),
+            repeat("found"),
+            accounts,
+            repeat(wf),
+            repeat(op),
+            repeat(lifecycle_status(status, op, wf)),
+            oid_texts,
+            updated,
+        )
+        self._decisions.update(zip(keys, found, strict=True))
+
+    def _place(
+        self,
+        picked: list[_Account],
+        rows: range,
+        oids: range,
+        refs: list[str],
+        at: list[int],
+        status: str,
+        listed: bool,
+    ) -> None:
+        """The broker's orders (and executions) behind found rows, one per row."""
+        ms = [t * 1000 for t in at]
+        if status == "Filled":
+            filled = (repeat(1.0), repeat(1.0), repeat(_PRICE))  # total_size, filled, avg_price
+            orders = list(map(Order, oids, refs, repeat(status), repeat(listed), ms, *filled))
+            for account, i, oid, ref, t in zip(picked, rows, oids, refs, ms, strict=True):
                 # IBKR does not promise the order id on executions; give it to every other one.
                 trade_oid = oid if i % 2 else None
-                trade = Trade(f"{oid:010x}.{i:08x}.01.01", ref, trade_oid, ms, 1.0, _PRICE)
+                trade = Trade(f"{oid:010x}.{i:08x}.01.01", ref, trade_oid, t, 1.0, _PRICE)
                 account.trades.append(trade)
-            elif partial_fill and i % 2:
-                account.orders.append(Order(oid, ref, status, listed, ms, 2.0, 1.0, _PRICE))
-                account.trades.append(Trade(f"{oid:010x}.{i:08x}.01.01", ref, None, ms, 1.0))
-            else:
-                account.orders.append(Order(oid, ref, status, listed, ms))
-            prefix = prefixes.get(account_id)
-            if prefix is None:
-                prefix = prefixes[account_id] = _context(wf, op, account_id)[:-1]
-            oid_text = str(oid)
-            payload = f'{prefix},"broker_order_id":"{oid_text}"}}' if context_id else prefix + "}"
-            j = i - start
-            keys[j] = key
-            created_at[j] = created
-            payloads[j] = payload
-            day, second = divmod(at, 86_400)
-            decisions[key] = Decision(
-                "complete",
-                "found",
-                account_id,
-                wf,
-                op,
-                lifecycle,
-                oid_text,
-                dates[day] + times[second],
-            )
-        self._oid = oid
+        elif status in ("Cancelled", "ApiCancelled"):
+            # Every other one was partly filled before it was cancelled.
+            orders = list(map(Order, oids, refs, repeat(status), repeat(listed), ms))
+            for k in range(1, len(orders), 2):
+                i, oid, ref, t = rows[k], oids[k], refs[k], ms[k]
+                orders[k] = Order(oid, ref, status, listed, t, 2.0, 1.0, _PRICE)
+                execution = Trade(f"{oid:010x}.{i:08x}.01.01", ref, None, t, 1.0)
+                picked[k].trades.append(execution)
+        else:
+            orders = list(map(Order, oids, refs, repeat(status), repeat(listed), ms))
+        for account, order in zip(picked, orders, strict=True):
+            account.orders.append(order)
 
     def _case_listed(self, case: Case, rows: range) -> None:
         self._found(case, rows, True, False)
@@ -330,36 +379,34 @@ class RowBuilder:
 
     def _case_fallback_found(self, case: Case, rows: range) -> None:
         # The context has no broker_order_id, so the key (here the broker id) is the lookup.
-        status = "Cancelled" if case.operation == "cancel" else "Submitted"
-        for i in rows:
-            self._found(case._replace(status=status), range(i, i + 1), i % 2 == 0, True)
+        # Every other row is in the listing, the others known to the status endpoint only.
+        case = case._replace(status="Cancelled" if case.operation == "cancel" else "Submitted")
+        self._found(case, rows[::2], True, True)
+        self._found(case, rows[1::2], False, True)
 
     def _absent(self, case: Case, rows: range, reason: str) -> None:
         wf, op = case.workflow, case.operation
-        pick = self._pools[wf].any
-        keys, created_at, payloads = self._out.keys, self._out.created, self._out.payloads
-        start = self._out.start
-        decisions = self._decisions
+        accounts = [account.id for account in self._pools[wf].take(len(rows), 0)]
+        keys = ["ord-" + number for number in _numbers(rows)]
+        if reason == "beyond_horizon":
+            old = self._now - DEFAULT_MAX_CLEAR_AGE_S - 86_400
+            created = [old - i % 86_400 for i in rows]
+        else:
+            created = self._created_column(rows)
+        heads = _heads(wf, op, accounts)
+        if op == "submit":
+            payloads = [heads[account] + "}" for account in accounts]
+        else:
+            oids = range(self._oid + 1, self._oid + 1 + len(rows))
+            self._oid += len(rows)
+            payloads = [
+                heads[account] + ',"broker_order_id":"' + str(oid) + '"}'
+                for account, oid in zip(accounts, oids, strict=True)
+            ]
+        self._out.put(rows, keys, created, payloads)
         decision: DecisionKind = "clear" if reason == "cleared_missing" else "unresolved"
-        old = reason == "beyond_horizon"
-        base = self._now - 3600
-        for i in rows:
-            account_id = pick().id
-            key = f"ord-{i:08d}"
-            if old:
-                created = self._now - DEFAULT_MAX_CLEAR_AGE_S - 86_400 - i % 86_400
-            else:
-                created = base - (i * 7919) % _SPREAD_S
-            if op == "submit":
-                payload = f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account_id}"}}'
-            else:
-                self._oid += 1
-                payload = _context(wf, op, account_id, self._oid)
-            j = i - start
-            keys[j] = key
-            created_at[j] = created
-            payloads[j] = payload
-            decisions[key] = Decision(decision, reason, account_id, wf, op)
+        absent = map(Decision, repeat(decision), repeat(reason), accounts, repeat(wf), repeat(op))
+        self._decisions.update(zip(keys, absent, strict=True))
 
     def _case_absent(self, case: Case, rows: range) -> None:
         self._absent(case, rows, "cleared_missing")
