@@ -100,15 +100,16 @@ def _insert_pending(n: int) -> str:
     return f"INSERT INTO {IDEMPOTENCY_TABLE} VALUES {values}"
 
 
-def _request_hashes(keys: bytes, created: bytes, n: int) -> list[str]:
-    """``n`` request hashes of 64 hex digits, like the gateway's SHA-256, for one batch.
+def _request_hashes(keys: list[str], created: Sequence[int]) -> list[str]:
+    """A request hash of 64 hex digits, like the gateway's SHA-256, per row of one batch.
 
     The tool treats ``request_hash`` as an opaque compare-and-set guard, so it only has to be
     a stable, unique-looking digest: one SHAKE-128 stream over the whole batch, cut into
     32-byte pieces, costs a tenth of hashing every row on its own.
     """
-    stream = hashlib.shake_128(keys + created).hexdigest(32 * n)
-    return [stream[at : at + 64] for at in range(0, 64 * n, 64)]
+    batch = _SEP.join(keys).encode() + array("q", created).tobytes()
+    stream = hashlib.shake_128(batch).hexdigest(32 * len(keys))
+    return [stream[at : at + 64] for at in range(0, 64 * len(keys), 64)]
 
 
 class PendingBatch:
@@ -150,10 +151,14 @@ class PendingBatch:
             array("q", self.created).tobytes(),
             _SEP.join(self.payloads).encode(),
         )
-        self.keys.clear()
-        self.created.clear()
-        self.payloads.clear()
+        self.clear()
         return packed
+
+    def clear(self) -> None:
+        """Empty the batch."""
+        self.keys = []
+        self.created = []
+        self.payloads = []
 
 
 class _Database:
@@ -177,14 +182,11 @@ class _Database:
         self._db.execute("BEGIN")
         self._insert_full = _insert_pending(ROWS_PER_INSERT)
 
-    def pending(self, keys: bytes, created: bytes, payloads: bytes) -> None:
-        times = array("q")
-        times.frombytes(created)
-        if not times:
+    def pending(self, keys: list[str], created: Sequence[int], payloads: list[str]) -> None:
+        if not keys:
             return
-        hashes = _request_hashes(keys, created, len(times))
-        columns = (keys.decode().split(_SEP), hashes, times, payloads.decode().split(_SEP))
-        values = list(chain.from_iterable(zip(*columns, strict=True)))
+        hashes = _request_hashes(keys, created)
+        values = list(chain.from_iterable(zip(keys, hashes, created, payloads, strict=True)))
         width = 4 * ROWS_PER_INSERT
         whole = len(values) - len(values) % width
         statements = (values[at : at + width] for at in range(0, whole, width))
@@ -230,7 +232,9 @@ def child_main(path: str) -> int:
             tag, a, b, c = _HEADER.unpack(_read_exactly(stdin, _HEADER.size))
             first, second, third = (_read_exactly(stdin, n) for n in (a, b, c))
             if tag == b"P":
-                db.pending(first, second, third)
+                created = array("q")
+                created.frombytes(second)
+                db.pending(first.decode().split(_SEP), created, third.decode().split(_SEP))
             elif tag == b"R":
                 db.rows(first.decode(), msgspec.json.decode(second))
             else:
@@ -309,11 +313,11 @@ class GatewayWriter:
         """Insert a batch of pending rows (and empty it), in one transaction."""
         if not len(batch):
             return
-        packed = batch.pack()
         if self._child is not None:
-            self._send(b"P", *packed)
+            self._send(b"P", *batch.pack())
         elif self._db is not None:
-            self._db.pending(*packed)
+            self._db.pending(batch.keys, batch.created, batch.payloads)
+            batch.clear()
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
         """Insert full rows into the idempotency table or one of :data:`GATEWAY_TABLES`."""

@@ -70,9 +70,8 @@ class _Clock:
 
     def __init__(self) -> None:
         self._dates: dict[int, str] = {}
-        self._times = [
-            f"{h:02d}:{m:02d}:{s:02d}Z" for h in range(24) for m in range(60) for s in range(60)
-        ]
+        sixty = [f"{n:02d}" for n in range(60)]
+        self._times = [f"{h}:{m}:{s}Z" for h in sixty[:24] for m in sixty for s in sixty]
 
     def tables(self, now: int) -> tuple[dict[int, str], list[str]]:
         """The date table (filled for every day a generated row can fall on) and time table."""
@@ -319,7 +318,7 @@ class RowBuilder:
             payloads = [heads[account] + "}" for account in accounts]
         else:
             payloads = [
-                heads[account] + ',"broker_order_id":"' + oid + '"}'
+                f'{heads[account]},"broker_order_id":"{oid}"}}'
                 for account, oid in zip(accounts, oid_texts, strict=True)
             ]
         self._out.put(rows, keys, created, payloads)
@@ -400,7 +399,7 @@ class RowBuilder:
             oids = range(self._oid + 1, self._oid + 1 + len(rows))
             self._oid += len(rows)
             payloads = [
-                heads[account] + ',"broker_order_id":"' + str(oid) + '"}'
+                f'{heads[account]},"broker_order_id":"{oid}"}}'
                 for account, oid in zip(accounts, oids, strict=True)
             ]
         self._out.put(rows, keys, created, payloads)
