@@ -7,7 +7,7 @@ process's Python CPU), then attributes every sample to the innermost layer it is
     pip install py-spy
     python bench/profile.py [--rows 20000] [--concurrency 64]
 
-Layers: ``httpx`` (inside the client: building, sending, reading, closing a request), ``wire``
+Layers: ``http`` (inside httpcore: sending, reading, closing a request), ``wire``
 (the backend's request path around it: deadline, pacing, body cap, status interpretation),
 ``cpapi`` (the evidence rules), ``engine`` (planning, deciding, the pipeline's tasks), ``writer``
 and ``reader`` (their tasks; SQLite itself runs without the GIL), ``trio`` (the scheduler
@@ -32,12 +32,12 @@ LAYERS = (
     ("writer", ("_Run._write", "_Run._flush", "Store.apply")),
     ("reader", ("_Run._read", "Store.read_page")),
     (
-        "httpx",
+        "http",
         (
-            "AsyncClient.send",
-            "BaseClient.build_request",
+            "AsyncConnectionPool.handle_async_request",
             "_Body.read",
             "Response.aclose",
+            "Request.__init__",
             "URL.__init__",
         ),
     ),
