@@ -236,9 +236,7 @@ class CpapiBackend:
             raise TypeError(f"not an account id: {shared!r}")
         await self.submit_evidence(shared)
 
-    async def order_status(
-        self, client: Connection, order_id: int
-    ) -> OrderStatus | NotFound:
+    async def order_status(self, client: Connection, order_id: int) -> OrderStatus | NotFound:
         """One order by broker id, through the caller's own client.
 
         Cancellation: safe (a read).
