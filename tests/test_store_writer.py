@@ -18,7 +18,7 @@ from conftest import add_rows, context, dump, make_db, rows_by_key
 from ibkr_recover._backend import Absent, BrokerOrder, Found
 from ibkr_recover._decide import Outcome, PendingRow, decide, plan
 from ibkr_recover._schema import IDEMPOTENCY_DDL
-from ibkr_recover._store import WRITER_AUTOCHECKPOINT_PAGES, WRITER_CACHE_KIB, Store
+from ibkr_recover._store import WRITER_AUTOCHECKPOINT_PAGES, Store
 
 RUN_TIME = datetime(2030, 1, 1, tzinfo=UTC)
 NOW = 2_000_000_000
@@ -245,11 +245,9 @@ def test_a_column_named_rowid_is_not_taken_for_the_rowid(tmp_path: Path) -> None
     assert {row["status"] for row in rows_by_key(db).values()} == {"submitted"}
 
 
-def test_the_writer_connection_has_a_large_cache_and_a_long_checkpoint_interval(
-    store: Store,
-) -> None:
+def test_the_writer_connection_has_a_long_checkpoint_interval(store: Store) -> None:
     writer = store._writer
-    assert writer.execute("PRAGMA cache_size").fetchone() == (-WRITER_CACHE_KIB,)
     assert writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (WRITER_AUTOCHECKPOINT_PAGES,)
+    assert store._reader.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
     assert writer.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert store._reader.execute("PRAGMA cache_size").fetchone() == (-2000,)

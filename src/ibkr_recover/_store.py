@@ -76,10 +76,6 @@ _PROBE_WRITE: Final = f"UPDATE {IDEMPOTENCY_TABLE} SET status = status WHERE 0"
 #: again before the run gives up with exit 4.
 BUSY_RETRIES: Final = 3
 
-#: Page cache of the writer connection, in KiB (SQLite's default is 2 MiB): a batch of
-#: scattered rows touches about one table page and one index page per row.
-WRITER_CACHE_KIB: Final = 64 * 1024
-
 #: WAL size, in pages, past which a commit of the writer checkpoints (SQLite's default is
 #: 1000). Every checkpoint ends in an fsync of the database; at the default a run spends more
 #: time in them than in its statements. The gateway's connections keep their own threshold.
@@ -139,7 +135,6 @@ class Store:
         self._reader = connect(path, busy_timeout=busy_timeout)
         self._writer = connect(path, busy_timeout=busy_timeout)
         try:
-            self._writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             self._writer.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as exc:
             self.close()
