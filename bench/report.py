@@ -234,9 +234,23 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
         f"{' --quick' if quick else ''}`; raw numbers in "
         f"`bench/{'results-quick' if quick else 'results'}.json`.",
         "",
+        *(
+            [
+                "Parts re-run later and merged into the same results: "
+                + ", ".join(
+                    f"{part} at {when} (`python bench/run.py --only {part}`)"
+                    for part, when in mach["reruns"].items()
+                )
+                + ".",
+                "",
+            ]
+            if mach.get("reruns")
+            else []
+        ),
         "Every contender is its own process pinned to CPU 0 (`taskset -c 0`), the simulator "
-        "another pinned to CPU 1; CPU seconds and peak RSS come from `os.wait4`, requests from "
-        "the simulator's `/__sim/stats`, which is reset between runs. Medians over "
+        "another pinned to CPU 1; CPU seconds come from `os.wait4`, peak RSS from `VmHWM` "
+        "(sampled in `/proc` while the process runs; see NOTES.md), requests from the "
+        "simulator's `/__sim/stats`, which is reset between runs. Medians over "
         f"{results['plan']['repeats']} repeat(s).",
         "",
         "## Targets",
