@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+import rel_gateway
 from ibkr_recover.simulator import Decision
 from simtools import lifecycle_json, table
 
@@ -162,6 +163,7 @@ __all__ = [
     "logged_writes",
     "normalised",
     "report_matches_database",
+    "GatewayLock",
     "stop",
     "table",
     "wait_until",
@@ -196,3 +198,30 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class GatewayLock:
+    """The gateway stand-in (another process) holding the write lock for ``seconds`` (B2)."""
+
+    def __init__(self, db: Path, workdir: Path, *, seconds: float) -> None:
+        self._go, self._ready = workdir / "go", workdir / "ready"
+        self.process, _ = rel_gateway.start(
+            "hold", db, workdir, go=str(self._go), ready=str(self._ready), seconds=seconds
+        )
+
+    def take(
+        self,
+        outcomes: Path | None = None,
+        *,
+        rows: int = 0,
+        watch: Sequence[subprocess.Popen[Any]] = (),
+    ) -> None:
+        """Take the lock once ``rows`` rows are logged written; return when it is held."""
+        if outcomes is not None and rows:
+            wait_until(
+                lambda: len(logged_writes(outcomes)) >= rows,
+                what=f"{rows} rows written",
+                watch=watch,
+            )
+        self._go.touch()
+        wait_until(self._ready.exists, what="the gateway's lock", watch=[self.process])

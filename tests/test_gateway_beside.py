@@ -22,6 +22,7 @@ import rel_gateway
 from conftest import make_db
 from ibkr_recover import _store
 from rel_checks import (
+    GatewayLock,
     assert_batches_whole,
     changed_rows,
     integrity,
@@ -112,19 +113,16 @@ def test_lock_held_past_the_busy_timeout_exits_4_with_earlier_batches_intact(
 ) -> None:
     w = busy_world
     db, outcomes = w.copy(), w.outcomes_path()
-    go, ready = tmp_path / "go", tmp_path / "ready"
-    gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=2.5)
+    lock = GatewayLock(db, tmp_path, seconds=2.5)
     child = w.start(db, outcomes, "--busy-timeout", "0.3")
     try:
-        wait_until(lambda: len(logged_writes(outcomes)) >= 3 * w.batch_size, what="3 batches")
-        go.touch()
-        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
+        lock.take(outcomes, rows=3 * w.batch_size)
         locked_at = time.monotonic()
         result = child.wait(60)
         waited = time.monotonic() - locked_at
     finally:
         child.finish()
-        stop(gateway, 60)
+        stop(lock.process, 60)
     assert result.returncode == 4, result.stderr
     assert "another process holds the write lock" in result.stderr
     assert "Traceback" not in result.stderr
@@ -145,18 +143,16 @@ def test_lock_held_at_startup_exits_4_before_any_broker_call(
 ) -> None:
     w = busy_world
     db = w.copy()
-    go, ready = tmp_path / "go", tmp_path / "ready"
-    go.touch()
-    gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=2)
+    lock = GatewayLock(db, tmp_path, seconds=2)
     try:
-        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
+        lock.take()
         seen = w.sim.stats().requests
         # The busy timeout from the environment, as cron would set it (with the default 5 s
         # the 2 s lock would simply be waited out).
         result = w.server.run(*w.args(db), env={"IBKR_RECOVER_BUSY_TIMEOUT": "0.2"}, timeout=60)
         asked = w.sim.stats().requests - seen
     finally:
-        stop(gateway, 60)
+        stop(lock.process, 60)
     assert result.returncode == 4, result.stderr
     assert "another process holds the write lock" in result.stderr
     assert asked == 0
@@ -168,14 +164,11 @@ def test_lock_held_shorter_than_the_retries_is_waited_out(
 ) -> None:
     w = busy_world
     db, outcomes = w.copy(), w.outcomes_path()
-    go, ready = tmp_path / "go", tmp_path / "ready"
     # Longer than one busy timeout, shorter than the few attempts the tool makes.
-    gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=0.5)
+    lock = GatewayLock(db, tmp_path, seconds=0.5)
     child = w.start(db, outcomes, "--busy-timeout", "0.3")
     try:
-        wait_until(lambda: len(logged_writes(outcomes)) >= 2 * w.batch_size, what="2 batches")
-        go.touch()
-        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
+        lock.take(outcomes, rows=2 * w.batch_size)
         at_lock = len(logged_writes(outcomes))
         time.sleep(0.4)
         # Longer than one busy timeout, and nothing was committed meanwhile: the tool waited.
@@ -183,7 +176,7 @@ def test_lock_held_shorter_than_the_retries_is_waited_out(
         result = child.wait(120)
     finally:
         child.finish()
-        stop(gateway, 60)
+        stop(lock.process, 60)
     assert result.returncode == 1, result.stderr
     assert "locked" not in result.stderr
     assert_matches_expected(db, w.original, w.expected)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-import rel_gateway
 from rel_checks import (
+    GatewayLock,
     assert_batches_whole,
     changed_rows,
     integrity,
@@ -98,17 +98,10 @@ def test_signal_while_a_batch_waits_for_the_write_lock(
     # run stops.
     w = slow_world
     db, outcomes = w.copy(), w.outcomes_path()
-    go, ready = tmp_path / "go", tmp_path / "ready"
-    gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=1.5)
+    lock = GatewayLock(db, tmp_path, seconds=1.5)
     proc = popen(w, db, outcomes, "--busy-timeout", "10")
     try:
-        wait_until(
-            lambda: len(logged_writes(outcomes)) >= 2 * w.batch_size,
-            what="2 batches",
-            watch=[proc],
-        )
-        go.touch()
-        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
+        lock.take(outcomes, rows=2 * w.batch_size, watch=[proc])
         time.sleep(0.4)  # the next batch is full and waiting for the lock
         logged_before = logged_writes(outcomes)
         proc.send_signal(signum)
@@ -117,7 +110,7 @@ def test_signal_while_a_batch_waits_for_the_write_lock(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        stop(gateway)
+        stop(lock.process)
     assert proc.returncode == code, stderr
     assert word in stderr
     assert "Traceback" not in stderr
@@ -150,17 +143,10 @@ def test_signal_while_the_lock_outlasts_the_retries_still_exits_as_interrupted(
 ) -> None:
     w = slow_world
     db, outcomes = w.copy(), w.outcomes_path()
-    go, ready = tmp_path / "go", tmp_path / "ready"
-    gateway, _ = rel_gateway.start("hold", db, tmp_path, go=str(go), ready=str(ready), seconds=2.2)
+    lock = GatewayLock(db, tmp_path, seconds=2.2)
     proc = popen(w, db, outcomes, "--busy-timeout", "0.3")
     try:
-        wait_until(
-            lambda: len(logged_writes(outcomes)) >= 2 * w.batch_size,
-            what="2 batches",
-            watch=[proc],
-        )
-        go.touch()
-        wait_until(ready.exists, what="the gateway's lock", watch=[gateway])
+        lock.take(outcomes, rows=2 * w.batch_size, watch=[proc])
         time.sleep(0.3)
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=30)
@@ -168,7 +154,7 @@ def test_signal_while_the_lock_outlasts_the_retries_still_exits_as_interrupted(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        stop(gateway)
+        stop(lock.process)
     # The signal decides the exit code; the lock that outlasted the retries is still told.
     assert proc.returncode == code, stderr
     assert word in stderr
