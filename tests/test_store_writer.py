@@ -283,3 +283,78 @@ def test_a_batch_without_conflicts_is_one_transaction(store: Store) -> None:
         s for s in statements if s.split()[0] in {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"}
     ]
     assert control == ["BEGIN IMMEDIATE", "COMMIT"]
+
+
+def database_file_alone(db: Path, tmp_path: Path) -> dict[str, dict[str, object]]:
+    """The rows the database file itself holds, without its WAL: what checkpoints moved there."""
+    copy = tmp_path / "file-alone.db"
+    copy.write_bytes(db.read_bytes())
+    return rows_by_key(copy)
+
+
+def test_closing_after_a_run_checkpoints_the_wal_while_the_gateway_keeps_it_open(
+    store: Store, tmp_path: Path
+) -> None:
+    # Alone, closing the last connection would checkpoint anyway; beside a gateway it would
+    # not, and the gateway's next commit would have to do it.
+    gw = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        gw.execute("SELECT count(*) FROM order_idempotency_records").fetchone()
+        page = read_all(store)
+        assert store.apply([decided(row) for row in page], NOW) == [True] * len(page)
+        assert {r["status"] for r in database_file_alone(store.path, tmp_path).values()} == {
+            "pending_writer"
+        }
+        store.close()
+        on_file = database_file_alone(store.path, tmp_path)
+        assert {r["status"] for r in on_file.values()} == {"submitted"}
+        # The gateway goes on writing and reading as before.
+        gw.execute(
+            "UPDATE order_idempotency_records SET updated_at = 7 WHERE idempotency_key = 'k000'"
+        )
+        assert gw.execute(
+            "SELECT count(*) FROM order_idempotency_records WHERE status = 'submitted'"
+        ).fetchone() == (len(page),)
+    finally:
+        gw.close()
+
+
+def test_closing_never_waits_for_a_gateway_reader_and_leaves_it_its_snapshot(
+    store: Store, tmp_path: Path
+) -> None:
+    reader = sqlite3.connect(store.path, isolation_level=None, timeout=30)
+    try:
+        page = read_all(store)
+        store.apply([decided(row) for row in page[:6]], NOW)
+        reader.execute("BEGIN")
+        before = reader.execute(
+            "SELECT count(*) FROM order_idempotency_records WHERE status = 'pending_writer'"
+        ).fetchone()
+        store.apply([decided(row) for row in page[6:]], NOW)
+        store.close()  # PASSIVE: what the reader's snapshot still needs stays in the WAL
+        again = reader.execute(
+            "SELECT count(*) FROM order_idempotency_records WHERE status = 'pending_writer'"
+        ).fetchone()
+        assert before == again == (len(page) - 6,)
+        reader.execute("COMMIT")
+        assert reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    finally:
+        reader.close()
+    assert {r["status"] for r in database_file_alone(store.path, tmp_path).values()} == {
+        "submitted"
+    }
+
+
+def test_a_store_that_wrote_nothing_does_not_checkpoint_at_close(tmp_path: Path) -> None:
+    # Read-only commands (``pending``) leave the gateway's WAL to the gateway.
+    db = make_db(tmp_path / "gateway.db", rows(3))
+    gw = sqlite3.connect(db, isolation_level=None)
+    try:
+        gw.execute("PRAGMA wal_autocheckpoint = 0")
+        gw.execute("UPDATE order_idempotency_records SET updated_at = 9")
+        store = Store(db)
+        store.count_pending()
+        store.close()
+        assert {r["updated_at"] for r in database_file_alone(db, tmp_path).values()} != {9}
+    finally:
+        gw.close()

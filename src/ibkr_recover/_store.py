@@ -10,6 +10,7 @@ All functions here block; the pipeline runs them in worker threads, one hop per 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -74,11 +75,6 @@ _PROBE_WRITE: Final = f"UPDATE {IDEMPOTENCY_TABLE} SET status = status WHERE 0"
 
 _T = TypeVar("_T")
 
-
-def _always(_: object) -> bool:
-    return True
-
-
 #: How often a ``BEGIN IMMEDIATE`` that found the database locked past the busy timeout is tried
 #: again before the run gives up with exit 4.
 BUSY_RETRIES: Final = 3
@@ -138,6 +134,7 @@ class Store:
         self.path = path
         self.busy_timeout = busy_timeout
         self._lock_fd: int | None = None
+        self._committed = False
         self._page_queries: tuple[str, str] | None = None
         self._reader = connect(path, busy_timeout=busy_timeout)
         self._writer = connect(path, busy_timeout=busy_timeout)
@@ -149,11 +146,25 @@ class Store:
         self.db = sqlite_utils.Database(self._reader)
 
     def close(self) -> None:
+        if self._committed:
+            self._checkpoint_wal()
         self._reader.close()
         self._writer.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _checkpoint_wal(self) -> None:
+        """Move the run's frames from the WAL into the database file before closing.
+
+        Closing the last connection does it anyway; beside a gateway it does not, and the
+        gateway's next commit would checkpoint up to ``WRITER_AUTOCHECKPOINT_PAGES`` of them.
+        ``PASSIVE`` never waits for the gateway (``RESTART``/``TRUNCATE`` block its writers).
+        A failure loses nothing: the batches are committed in the WAL.
+        """
+        self._committed = False
+        with contextlib.suppress(sqlite3.Error):
+            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def lock_run(self) -> None:
         """Take the run lock: one writing ``ibkr-recover`` run per database at a time.
@@ -320,28 +331,24 @@ class Store:
         """
         completes = _by_rowid([o for o in outcomes if o.decision == "complete"])
         clears = _by_rowid([o for o in outcomes if o.decision == "clear"])
-        if self._transaction(lambda: self._apply_all(completes, clears, now), keep=bool):
+        if self._transaction(lambda: self._apply_all(completes, clears, now)):
             return [o.decision == "complete" or o.decision == "clear" for o in outcomes]
-        # Someone changed rows since we read them, and the batch was rolled back whole: a second
-        # transaction finds out which, one statement each. (A savepoint would keep the first
-        # transaction, but then SQLite copies every page the batch touches to a sub-journal
-        # before changing it, a temporary file past 64 KiB: ~25 % of the writer's CPU in
-        # created_at order, more in random order, for a case that is rare.)
+        # Someone changed rows since we read them; the batch was rolled back whole and a second
+        # transaction finds out which, one statement each. (A savepoint would keep the first one,
+        # but SQLite then copies every page the batch touches to a sub-journal, a temporary file
+        # past 64 KiB: ~25 % of the writer's CPU in created_at order, for a rare case.)
         applied = self._transaction(lambda: self._apply_each(completes, clears, now))
         by_id = dict(zip([id(o) for o in completes + clears], applied, strict=True))
         return [by_id.get(id(o), False) for o in outcomes]
 
-    def _transaction(self, work: Callable[[], _T], keep: Callable[[_T], bool] = _always) -> _T:
-        """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction; commit it if ``keep(result)``.
-
-        Otherwise, and on any error, the transaction is rolled back (in WAL mode that discards
-        the batch's pages; nothing was written to the database file).
-        """
+    def _transaction(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction, rolled back if it returns
+        ``False`` or raises, committed otherwise."""
         self._begin_immediate()
         try:
             _crash.checkpoint("after BEGIN IMMEDIATE")
             result = work()
-            kept = keep(result)
+            kept = result is not False
             self._writer.execute("COMMIT" if kept else "ROLLBACK")
         except BaseException as exc:
             if self._writer.in_transaction:
@@ -350,6 +357,7 @@ class Store:
                 raise storage_error(exc, self.path, "cannot write") from exc
             raise
         if kept:
+            self._committed = True
             _crash.checkpoint("after COMMIT")
         return result
 
