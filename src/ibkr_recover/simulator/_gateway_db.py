@@ -24,7 +24,7 @@ import subprocess
 import sys
 from array import array
 from collections.abc import Sequence
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -186,12 +186,12 @@ class _Database:
         if not keys:
             return
         hashes = _request_hashes(keys, created)
-        values = list(chain.from_iterable(zip(keys, hashes, created, payloads, strict=True)))
-        width = 4 * ROWS_PER_INSERT
-        whole = len(values) - len(values) % width
-        statements = (values[at : at + width] for at in range(0, whole, width))
-        self._db.executemany(self._insert_full, statements)
-        tail = values[whole:]
+        values = chain.from_iterable(zip(keys, hashes, created, payloads, strict=True))
+        # The parameters of whole statements, grouped by zip in C rather than sliced out of
+        # a list of all of them.
+        whole = islice(values, 4 * ROWS_PER_INSERT * (len(keys) // ROWS_PER_INSERT))
+        self._db.executemany(self._insert_full, zip(*[whole] * (4 * ROWS_PER_INSERT), strict=True))
+        tail = list(values)
         if tail:
             self._db.execute(_insert_pending(len(tail) // 4), tail)
 
