@@ -253,20 +253,29 @@ def test_the_writer_connection_has_a_long_checkpoint_interval(store: Store) -> N
     assert store._reader.execute("PRAGMA cache_size").fetchone() == (-2000,)
 
 
+def applied_with_transactions(
+    store: Store, outcomes: list[Outcome]
+) -> tuple[list[bool], list[str]]:
+    """``store.apply(outcomes)``, and the transaction statements the writer issued for it."""
+    statements: list[str] = []
+    store._writer.set_trace_callback(statements.append)
+    try:
+        applied = store.apply(outcomes, NOW)
+    finally:
+        store._writer.set_trace_callback(None)
+    control = {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"}
+    return applied, [s for s in statements if s.split()[0] in control]
+
+
 def test_a_conflicting_batch_is_rolled_back_whole_and_settled_in_a_second_transaction(
     store: Store,
 ) -> None:
     # No savepoint: it would make SQLite copy every page the batch touches to a sub-journal.
     page = read_all(store)
     gateway(store.path, "DELETE FROM order_idempotency_records WHERE idempotency_key = 'k005'")
-    statements: list[str] = []
-    store._writer.set_trace_callback(statements.append)
-    applied = store.apply([decided(row, clear=row.key == "k009") for row in page], NOW)
-    store._writer.set_trace_callback(None)
+    outcomes = [decided(row, clear=row.key == "k009") for row in page]
+    applied, control = applied_with_transactions(store, outcomes)
     assert applied == [row.key != "k005" for row in page]
-    control = [
-        s for s in statements if s.split()[0] in {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"}
-    ]
     assert control == ["BEGIN IMMEDIATE", "ROLLBACK", "BEGIN IMMEDIATE", "COMMIT"]
     table = rows_by_key(store.path)
     assert "k009" not in table
@@ -275,13 +284,8 @@ def test_a_conflicting_batch_is_rolled_back_whole_and_settled_in_a_second_transa
 
 def test_a_batch_without_conflicts_is_one_transaction(store: Store) -> None:
     page = read_all(store)
-    statements: list[str] = []
-    store._writer.set_trace_callback(statements.append)
-    assert store.apply([decided(row) for row in page], NOW) == [True] * len(page)
-    store._writer.set_trace_callback(None)
-    control = [
-        s for s in statements if s.split()[0] in {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"}
-    ]
+    applied, control = applied_with_transactions(store, [decided(row) for row in page])
+    assert applied == [True] * len(page)
     assert control == ["BEGIN IMMEDIATE", "COMMIT"]
 
 
