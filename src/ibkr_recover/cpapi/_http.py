@@ -5,8 +5,8 @@ Every request of the backend goes through :meth:`Wire.get`:
 1. refuse at once when an earlier answer stopped the run (429, 401, TLS failure);
 2. wait for the endpoint's lane (listing and trades: one request at a time, spaced by the
    listing interval) and for the global pacer;
-3. send it under a total deadline (``trio.fail_after``) on top of the connection's inactivity
-   timeouts, and read the body as a stream, giving up past the size cap;
+3. send it under one total deadline (a cancel scope covering connect, TLS, send and every
+   read), and read the body as a stream, giving up past the size cap;
 4. interpret the status and decode the body into a slim struct;
 5. retry timeouts, connection failures and 5xx (other than "not found") with exponential
    back-off and full jitter, a bounded number of times; re-query ``/iserver/accounts`` once
@@ -132,8 +132,6 @@ class Wire:
             (b"Accept", b"application/json"),
             (b"User-Agent", b"ibkr-recover"),
         ]
-        t = settings.timeout
-        self._extensions = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}}
 
     @property
     def stopped(self) -> BrokerFatal | None:
@@ -285,9 +283,13 @@ class Wire:
         if params:
             target += b"?" + urlencode(params, quote_via=quote).encode("ascii")
         url = httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target)
-        request = httpcore.Request(b"GET", url, headers=self._headers, extensions=self._extensions)
+        # The total deadline bounds every phase (connect, TLS, send, headers, body), so the
+        # request carries no per-phase timeouts: of the same length, they would never fire
+        # first, and each would register a deadline of its own for every socket operation.
+        request = httpcore.Request(b"GET", url, headers=self._headers)
+        scope = trio.CancelScope(deadline=trio.current_time() + self._settings.timeout)
         try:
-            with trio.fail_after(self._settings.timeout) as scope:
+            with scope:
                 response = await client.handle_async_request(request)
                 try:
                     body = await reader.read(response, scope)
@@ -296,6 +298,9 @@ class Wire:
                     return _Reply(status, body, location)
                 finally:
                     await response.aclose()
+            # Only reached when the scope caught its own cancellation: the deadline passed,
+            # or the body cap cut the answer short.
+            raise trio.TooSlowError
         except _REQUEST_ERRORS as exc:
             if reader.too_large:
                 raise reader.refusal("read") from exc
