@@ -142,7 +142,17 @@ def targets(
                 p["elapsed_s"] <= 60,
             )
         )
-    # 6. the simulator is not the limit.
+    # 6. the generator.
+    gen = defaultdict(list)
+    for g in results.get("generator", []):
+        gen[(g["rows"], g["mix"])].append(g["rows_per_s"])
+    for (n, mix), rates in sorted(gen.items()):
+        if n == max(k[0] for k in gen):
+            rate = med(rates)
+            rows.append(
+                (f"generator ≥ 200k rows/s ({n:,} rows, {mix})", f"{fmt(rate)} rows/s", rate >= 2e5)
+            )
+    # 7. the simulator is not the limit.
     caps = [v["sim_capacity"] for k, v in m.items() if k[1] == 0 and v["sim_capacity"]]
     tool_rates = [v["requests_per_s"] for k, v in m.items() if k[2] == "tool"]
     if caps and tool_rates:
@@ -225,6 +235,7 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
     title = "Benchmark results" + (" (quick mode: small backlogs, one repeat)" if quick else "")
     md += [f"# {title}", ""]
     mach = results["machine"]
+    carried = {**mach.get("reruns", {}), **mach.get("carried", {})}
     md += [
         f"Run {mach['date']} on {mach['cpus']} CPUs, Python {mach['python']}, SQLite "
         f"{mach['sqlite']} ({mach['platform']}); load average before "
@@ -236,15 +247,13 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
         "",
         *(
             [
-                "Parts re-run later and merged into the same results: "
-                + ", ".join(
-                    f"{part} at {when} (`python bench/run.py --only {part}`)"
-                    for part, when in mach["reruns"].items()
-                )
+                "Parts carried over from earlier runs (`python bench/run.py --only PART ... "
+                "--merge` measures the named parts and keeps the others): "
+                + ", ".join(f"{part} (measured {when})" for part, when in carried.items())
                 + ".",
                 "",
             ]
-            if mach.get("reruns")
+            if carried
             else []
         ),
         "Every contender is its own process pinned to CPU 0 (`taskset -c 0`), the simulator "
@@ -358,7 +367,28 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
                 "only start once its listing is in.",
                 "",
             ]
-    if results.get("backlogs"):
+    if results.get("generator"):
+        md += [
+            "## Backlog generation",
+            "",
+            "Timed afresh in this run (a new cache folder each time), medians over repeats; CPU "
+            "seconds include the background SQLite writer process. `python bench/backlog.py "
+            "--rows N --mix M --force`.",
+            "",
+            "| rows | mix | accounts | seconds | rows/s | CPU s | repeats |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+        for g in results["generator"]:
+            groups[(g["rows"], g["mix"])].append(g)
+        for (n, mix), gs in sorted(groups.items()):
+            md.append(
+                f"| {n:,} | {mix} | {gs[0]['accounts']} | {med([g['seconds'] for g in gs]):.2f} | "
+                f"{fmt(med([g['rows_per_s'] for g in gs]))} | {med([g['cpu_s'] for g in gs]):.2f} | "
+                f"{len(gs)} |"
+            )
+        md.append("")
+    elif results.get("backlogs"):
         md += [
             "## Backlog generation",
             "",

@@ -62,7 +62,7 @@ class Plan:
         if quick:
             return cls(True, 1, (0, 20), (64,), 2000, 1.5, (1000, 3000), 600, 20000)
         return cls(
-            False, 3, (0, 5, 20, 50), (16, 64, 256), 20000, 5.0, (10_000, 100_000, 1_000_000),
+            False, 3, (0, 5, 20, 50), (16, 64, 256), 20000, 8.0, (10_000, 100_000, 1_000_000),
             10_000, 100_000,
         )  # fmt: skip
 
@@ -75,6 +75,7 @@ class Results:
     rss: list[dict[str, Any]] = field(default_factory=list)
     writer: list[dict[str, Any]] = field(default_factory=list)
     paced: dict[str, Any] = field(default_factory=dict)
+    generator: list[dict[str, Any]] = field(default_factory=list)
     backlogs: list[dict[str, Any]] = field(default_factory=list)
     commands: dict[str, str] = field(default_factory=dict)
 
@@ -394,6 +395,60 @@ def paced_run(plan: Plan, results: Results, tmp: Path) -> None:
     )
 
 
+def generator_runs(plan: Plan, results: Results, tmp: Path) -> None:
+    """The backlog generator timed afresh (never from the cache), a few sizes and mixes."""
+    sizes = (20_000,) if plan.quick else (100_000, 1_000_000)
+    for rows in sizes:
+        for mix in ("per_order", "mixed"):
+            for rep in range(plan.repeats):
+                cache = tmp / "generated"
+                backlog = make_backlog(rows, mix, accounts=5, cache=cache, force=True)
+                shutil.rmtree(cache)
+                results.generator.append(
+                    {
+                        "rows": rows,
+                        "mix": mix,
+                        "repeat": rep,
+                        "accounts": backlog.accounts,
+                        "seconds": round(backlog.generate_s, 3),
+                        "rows_per_s": round(backlog.rows_per_s),
+                        "cpu_s": round(backlog.generate_cpu_s, 2),
+                    }
+                )
+                say(
+                    f"  generator {rows:>9,} {mix:9s} {backlog.generate_s:6.2f} s "
+                    f"{backlog.rows_per_s:>9,.0f} rows/s  cpu {backlog.generate_cpu_s:.2f} s"
+                )
+    results.commands["generator"] = "python bench/backlog.py --rows N --mix M --force"
+
+
+def merge_earlier(results: Results, raw: Path, ran: set[str]) -> None:
+    """Carry the parts this run did not measure over from the results already at ``raw``."""
+    if not raw.exists():
+        return
+    earlier = json.loads(raw.read_text())
+    mach = earlier.get("machine", {})
+    # A part the earlier results carried or re-ran keeps the date it was measured at.
+    dates = {**mach.get("reruns", {}), **mach.get("carried", {})}
+    when = mach.get("date", "?")
+    carried: dict[str, str] = {}
+    if "per_order" not in ran or "listing" not in ran:
+        kept = [r for r in earlier.get("runs", []) if r["workload"] not in ran]
+        results.runs = kept + results.runs
+        for workload in {r["workload"] for r in kept}:
+            carried[workload] = dates.get(workload, when)
+    for part in ("rss", "writer", "paced", "generator"):
+        if part not in ran and earlier.get(part):
+            setattr(results, part, earlier[part])
+            carried[part] = dates.get(part, when)
+    for name, command in earlier.get("commands", {}).items():
+        results.commands.setdefault(name, command)
+    for entry in earlier.get("backlogs", []):
+        if entry not in results.backlogs:
+            results.backlogs.append(entry)
+    results.machine["carried"] = carried
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
@@ -409,8 +464,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small backlogs, one repeat")
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=("per_order", "listing", "rss", "writer", "paced"))  # fmt: skip
+                        choices=("per_order", "listing", "rss", "writer", "paced", "generator"))  # fmt: skip
     parser.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md etc. go")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: keep the other parts from the results already in --out",
+    )
     args = parser.parse_args()
     plan = Plan.make(args.quick)
     results = Results(plan=plan.__dict__, machine=machine())
@@ -420,6 +480,7 @@ def main() -> None:
         "rss": lambda tmp: rss_runs(plan, results, tmp),
         "writer": lambda tmp: writer_runs(plan, results),
         "paced": lambda tmp: paced_run(plan, results, tmp),
+        "generator": lambda tmp: generator_runs(plan, results, tmp),
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ibkr-bench-") as tmp:
@@ -435,6 +496,8 @@ def main() -> None:
     results.machine["load_after"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / ("results-quick.json" if plan.quick else "results.json")
+    if args.merge and args.only is not None:
+        merge_earlier(results, raw, set(args.only))
     raw.write_text(json.dumps(results.__dict__, indent=1, default=str))
     md = report.write(results.__dict__, args.out, quick=plan.quick)
     say(f"wrote {raw} and {md}")
