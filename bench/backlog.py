@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=CACHE)
+    # The command always generates (it is there to time that); --force says so explicitly.
+    parser.add_argument("--force", action="store_true", help="generate even if cached (always)")
     args = parser.parse_args()
     backlog = make_backlog(
         args.rows, args.mix, accounts=args.accounts, seed=args.seed, cache=args.cache, force=True

@@ -18,6 +18,7 @@ from ibkr_recover.simulator import Expected, Scenario, generate, load_scenario, 
 from ibkr_recover.simulator._gateway_db import GATEWAY_TABLES, GatewayWriter, PendingBatch
 from ibkr_recover.simulator._generate import main
 from ibkr_recover.simulator._oracle import lifecycle_status
+from ibkr_recover.simulator._scenario import demo_scenario, dump_scenario, write_scenario
 
 NOW = 1_765_000_000
 
@@ -279,6 +280,12 @@ def test_same_seed_same_files(tmp_path: Path) -> None:
     assert outputs[0] == outputs[1]
     other = generate(tmp_path / "c.db", tmp_path / "c.json", rows=500, seed=10, now=NOW)
     assert other.decisions != msgspec.json.decode(outputs[0][1], type=Expected).decisions
+
+
+def test_written_scenario_is_the_dumped_one(tmp_path: Path) -> None:
+    for scenario in (demo_scenario(), Scenario([]), Scenario([], selected_account="DU1")):
+        write_scenario(scenario, tmp_path / "s.json")
+        assert (tmp_path / "s.json").read_bytes() == dump_scenario(scenario)
 
 
 def test_existing_database_is_replaced(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -27,9 +27,9 @@ import msgspec
 from .._schema import IDEMPOTENCY_TABLE
 from ._cases import CASES_BY_MIX, Case
 from ._gateway_db import GatewayWriter, PendingBatch
-from ._oracle import DEFAULT_MAX_CLEAR_AGE_S, DEFAULT_MIN_AGE_S, Decision
+from ._oracle import DEFAULT_MAX_CLEAR_AGE_S, DEFAULT_MIN_AGE_S, Decision, Decisions
 from ._rows import Builder, RowBuilder
-from ._scenario import Scenario, Switches, dump_scenario
+from ._scenario import Scenario, Switches, write_scenario
 
 __all__ = ["MIXES", "Decision", "Expected", "Mix", "Report", "generate", "main"]
 
@@ -74,7 +74,7 @@ class Expected(msgspec.Struct):
     accounts: int
     counts: dict[str, int]
     report: Report
-    decisions: dict[str, Decision]
+    decisions: Mapping[str, Decision]
 
 
 def generate(
@@ -127,7 +127,7 @@ def generate(
     cases = list(CASES_BY_MIX[mix])
     rng.shuffle(cases)
     batch = PendingBatch()
-    decisions: dict[str, Decision] = {}
+    decisions = Decisions()
     builder = RowBuilder(rng, now, accounts, VALIDITY_S, batch, decisions)
     schedule = [(builder.builder(case.kind), case) for case in cases]
     with GatewayWriter(Path(db_path), background=rows >= _BACKGROUND_ROWS) as db:
@@ -137,11 +137,11 @@ def generate(
             db.insert(table, table_rows)
         # Still inside: the background writer finishes its last batches meanwhile.
         scenario = Scenario(builder.scenario_accounts(), switches=Switches())
-        Path(scenario_path).write_bytes(dump_scenario(scenario))
+        write_scenario(scenario, scenario_path)
         n_accounts = len(scenario.accounts)
         expected = _summarise(mix, seed, now, rows, n_accounts, builder.tally, decisions)
         if expected_path is not None:
-            Path(expected_path).write_bytes(msgspec.json.encode(expected))
+            Path(expected_path).write_bytes(msgspec.json.encode(expected, enc_hook=_plain))
     return expected
 
 
@@ -165,7 +165,7 @@ def _summarise(
     rows: int,
     n_accounts: int,
     tally: Counter[tuple[str, str]],
-    decisions: dict[str, Decision],
+    decisions: Decisions,
 ) -> Expected:
     """The expectations, with the counters from the tally the builder kept of its labels
     (counting a million decisions again would take a third of a second)."""
@@ -198,6 +198,13 @@ def _summarise(
         report=report,
         decisions=decisions,
     )
+
+
+def _plain(obj: object) -> object:
+    """Encode :class:`Decisions` as the dict it stands for."""
+    if isinstance(obj, Decisions):
+        return obj.dict
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
 def main(argv: Sequence[str] | None = None, *, out: Callable[[str], None] = print) -> int:

@@ -7,7 +7,9 @@ expectations.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable, Iterator, KeysView, Mapping, ValuesView
+from itertools import chain
+from typing import Any, Literal
 
 import msgspec
 
@@ -17,6 +19,7 @@ __all__ = [
     "DEFAULT_MIN_AGE_S",
     "Decision",
     "DecisionKind",
+    "Decisions",
     "lifecycle_status",
 ]
 
@@ -90,3 +93,86 @@ class Decision(msgspec.Struct, omit_defaults=True, gc=False):
     status: str | None = None
     broker_order_id: str | None = None
     updated_at: str | None = None
+
+
+class Decisions(Mapping[str, Decision]):
+    """The decision of every generated row, by key, in the order the rows were labelled.
+
+    The generator records the labels a case at a time, as iterators over the columns it built
+    the rows from; the dict of them is made when it is first looked at. At a million rows
+    making it is a second of the generator's time, which a benchmark's backlog never needs.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[Iterable[tuple[str, Decision]]] = []
+        self._singles: list[tuple[str, Decision]] = []
+        self._dict: dict[str, Decision] | None = None
+
+    def add(self, pairs: Iterable[tuple[str, Decision]]) -> None:
+        """Record the ``(key, decision)`` pairs of some rows; read once, when needed.
+
+        The pairs must not depend on anything that changes afterwards.
+        """
+        if self._dict is not None:
+            self._dict.update(pairs)
+            return
+        self._flush()
+        self._parts.append(pairs)
+
+    def put(self, key: str, decision: Decision) -> None:
+        """Record the decision of one row."""
+        if self._dict is not None:
+            self._dict[key] = decision
+        else:
+            self._singles.append((key, decision))
+
+    def _flush(self) -> None:
+        if self._singles:
+            self._parts.append(self._singles)
+            self._singles = []
+
+    @property
+    def dict(self) -> dict[str, Decision]:
+        """The decisions as a plain dict (made on first use)."""
+        if self._dict is None:
+            self._flush()
+            self._dict = dict(chain.from_iterable(self._parts))
+            self._parts = []
+        return self._dict
+
+    def __getitem__(self, key: str) -> Decision:
+        return self.dict[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.dict)
+
+    def __len__(self) -> int:
+        return len(self.dict)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.dict
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.dict.get(key, default)
+
+    def keys(self) -> KeysView[str]:
+        return self.dict.keys()
+
+    def values(self) -> ValuesView[Decision]:
+        return self.dict.values()
+
+    def items(self) -> Any:
+        return self.dict.items()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Decisions):
+            other = other.dict
+        return self.dict == other
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Decisions({self.dict!r})"

@@ -27,7 +27,13 @@ from typing import Any
 
 from ._cases import Case
 from ._gateway_db import PendingBatch, Row
-from ._oracle import DEFAULT_MAX_CLEAR_AGE_S, Decision, DecisionKind, lifecycle_status
+from ._oracle import (
+    DEFAULT_MAX_CLEAR_AGE_S,
+    Decision,
+    DecisionKind,
+    Decisions,
+    lifecycle_status,
+)
 from ._scenario import Account, Order, Trade
 
 __all__ = ["LISTED_LIMIT", "Builder", "RowBuilder"]
@@ -217,7 +223,7 @@ class RowBuilder:
         accounts: int,
         valid_s: int,
         out: PendingBatch,
-        decisions: dict[str, Decision],
+        decisions: Decisions,
     ) -> None:
         self._rng = rng
         self._now = now
@@ -247,7 +253,7 @@ class RowBuilder:
         out.keys[i - out.start] = key
         out.created[i - out.start] = created
         out.payloads[i - out.start] = payload
-        self._decisions[key] = decision
+        self._decisions.put(key, decision)
         self.tally[decision.decision, decision.reason] += 1
 
     def _created(self, i: int) -> int:
@@ -356,7 +362,7 @@ class RowBuilder:
         if not self._texts:
             self._texts = _rfc3339_span(first, self._now - 3600 + 30)
         texts = self._texts
-        updated = [texts[t - first] for t in at]
+        updated = (texts[t - first] for t in at)  # made with the decisions, if ever
         found = map(
             Decision,
             repeat("complete"),
@@ -368,7 +374,7 @@ class RowBuilder:
             oid_texts,
             updated,
         )
-        self._decisions.update(zip(keys, found, strict=True))
+        self._decisions.add(zip(keys, found, strict=True))
         self.tally["complete", "found"] += n
 
     def _place(
@@ -441,7 +447,7 @@ class RowBuilder:
         decision: DecisionKind = "clear" if reason == "cleared_missing" else "unresolved"
         # One decision object per account serves all its rows (decisions are never changed).
         shared = {a: Decision(decision, reason, a, wf, op) for a in set(accounts)}
-        self._decisions.update(zip(keys, map(shared.__getitem__, accounts), strict=True))
+        self._decisions.add(zip(keys, map(shared.__getitem__, accounts), strict=True))
         self.tally[decision, reason] += len(rows)
 
     def _case_absent(self, case: Case, rows: range) -> None:
@@ -624,7 +630,7 @@ class RowBuilder:
         ]
         rows = list(chain.from_iterable(zip(submitted, unsent, strict=True)))
         # The decisions pair by pair, in the rows' order.
-        self._decisions.update(
+        self._decisions.add(
             chain.from_iterable(
                 (
                     (d, Decision("untouched", "submitted", a, wf, "submit")),
