@@ -48,6 +48,15 @@ _BLANK_KEYS = ("", " ", "   ", "\t", " \t ")
 _DECOYS = 4
 _PRICE = "190.00"
 _SPREAD_S = 3 * 86_400  # ordinary rows are between one hour and three days old
+#: Malformed recovery contexts, one per row in turn (``{account}``: the row's account).
+_BAD_CONTEXTS = (
+    '{"workflow":"paper","operation":"submit","account_id":"{account}"',
+    '{"workflow":"demo","operation":"submit","account_id":"{account}"}',
+    '{"workflow":"paper","operation":"replace","account_id":"{account}"}',
+    '["paper","submit","{account}"]',
+    '{"workflow":"paper","operation":"cancel","account_id":42}',
+    '{"workflow":"paper","operation":"submit"}',
+)
 
 Builder = Callable[[Case, range], None]
 
@@ -256,6 +265,21 @@ class RowBuilder:
         self._decisions.put(key, decision)
         self.tally[decision.decision, decision.reason] += 1
 
+    def _label(
+        self,
+        rows: range,
+        keys: list[str],
+        created: list[int],
+        payloads: list[str],
+        decisions: Iterable[Decision],
+        label: tuple[DecisionKind, str],
+    ) -> None:
+        """Emit the rows of one run, all of them decided ``label`` (kind, reason); the
+        decisions are read when the dict of them is made."""
+        self._out.put(rows, keys, created, payloads)
+        self._decisions.add(zip(keys, decisions, strict=True))
+        self.tally[label] += len(rows)
+
     def _created(self, i: int) -> int:
         return self._now - 3600 - (i * 7919) % _SPREAD_S
 
@@ -458,11 +482,15 @@ class RowBuilder:
 
     def _case_fallback_absent(self, case: Case, rows: range) -> None:
         wf, op = case.workflow, case.operation
-        for i in rows:
-            account = self._pools[wf].any().id
-            key = str(self._next_oid())
-            decision = Decision("clear", "cleared_missing", account, wf, op)
-            self._emit(i, key, self._created(i), _context(wf, op, account), decision)
+        accounts = [account.id for account in self._pools[wf].take(len(rows), 0)]
+        oids = range(self._oid + 1, self._oid + 1 + len(rows))
+        self._oid += len(rows)
+        keys = list(map(str, oids))
+        heads = _heads(wf, op, accounts)
+        payloads = [heads[account] + "}" for account in accounts]
+        label: tuple[DecisionKind, str] = ("clear", "cleared_missing")
+        absent = map(Decision, *map(repeat, label), accounts, repeat(wf), repeat(op))
+        self._label(rows, keys, self._created_column(rows), payloads, absent, label)
 
     def _in_trades_only(self, case: Case, rows: range, with_id: bool) -> None:
         wf = case.workflow
@@ -512,10 +540,12 @@ class RowBuilder:
     def _in_special(self, case: Case, rows: range, name: str, reason: str) -> None:
         wf = case.workflow
         account = self._special_account(name, wf).id
-        payload = _context(wf, "submit", account)
-        for i in rows:
-            decision = Decision("unresolved", reason, account, wf, "submit")
-            self._emit(i, f"ord-{i:08d}", self._created(i), payload, decision)
+        payloads = [_context(wf, "submit", account)] * len(rows)
+        keys = ["ord-" + number for number in _numbers(rows)]
+        decision = Decision("unresolved", reason, account, wf, "submit")
+        label: tuple[DecisionKind, str] = ("unresolved", reason)
+        shared = repeat(decision, len(rows))
+        self._label(rows, keys, self._created_column(rows), payloads, shared, label)
 
     def _case_empty_listing(self, case: Case, rows: range) -> None:
         self._in_special(case, rows, "empty", "empty_listing")
@@ -533,14 +563,21 @@ class RowBuilder:
 
     def _case_unknown_account(self, case: Case, rows: range) -> None:
         wf, op = case.workflow, case.operation
-        for i in rows:
-            # Seven digits with a leading zero: never one of the generated accounts.
-            account = f"{'DU' if wf == 'paper' else 'U'}0{i % 1_000_000:06d}"
-            oid = None if op == "submit" else self._next_oid()
-            decision = Decision("unresolved", "unknown_account", account, wf, op)
-            self._emit(
-                i, f"ord-{i:08d}", self._created(i), _context(wf, op, account, oid), decision
-            )
+        # Seven digits with a leading zero: never one of the generated accounts.
+        prefix = "DU0" if wf == "paper" else "U0"
+        accounts = [prefix + str(i % 1_000_000).zfill(6) for i in rows]
+        if op == "submit":
+            payloads = [_context(wf, op, account) for account in accounts]
+        else:
+            oids = range(self._oid + 1, self._oid + 1 + len(rows))
+            self._oid += len(rows)
+            payloads = [
+                _context(wf, op, account, oid) for account, oid in zip(accounts, oids, strict=True)
+            ]
+        keys = ["ord-" + number for number in _numbers(rows)]
+        label: tuple[DecisionKind, str] = ("unresolved", "unknown_account")
+        unknown = map(Decision, *map(repeat, label), accounts, repeat(wf), repeat(op))
+        self._label(rows, keys, self._created_column(rows), payloads, unknown, label)
 
     def _case_too_recent(self, case: Case, rows: range) -> None:
         wf, op = case.workflow, case.operation
@@ -556,26 +593,23 @@ class RowBuilder:
             )
 
     def _case_no_context(self, case: Case, rows: range) -> None:
-        for i in rows:
-            payload = "{}" if i % 2 else ""
-            self._emit(
-                i, f"ord-{i:08d}", self._created(i), payload, Decision("unresolved", "no_context")
-            )
+        payloads = ["{}" if i % 2 else "" for i in rows]
+        keys = ["ord-" + number for number in _numbers(rows)]
+        label: tuple[DecisionKind, str] = ("unresolved", "no_context")
+        shared = repeat(Decision(*label), len(rows))
+        self._label(rows, keys, self._created_column(rows), payloads, shared, label)
 
     def _case_bad_context(self, case: Case, rows: range) -> None:
-        for i in rows:
-            account = self._pools["paper"].any().id
-            variants = (
-                f'{{"workflow":"paper","operation":"submit","account_id":"{account}"',
-                f'{{"workflow":"demo","operation":"submit","account_id":"{account}"}}',
-                f'{{"workflow":"paper","operation":"replace","account_id":"{account}"}}',
-                f'["paper","submit","{account}"]',
-                '{"workflow":"paper","operation":"cancel","account_id":42}',
-                '{"workflow":"paper","operation":"submit"}',
-            )
-            payload = variants[i % len(variants)]
-            decision = Decision("unresolved", "bad_context")
-            self._emit(i, f"ord-{i:08d}", self._created(i), payload, decision)
+        accounts = [account.id for account in self._pools["paper"].take(len(rows), 0)]
+        variants = _BAD_CONTEXTS
+        payloads = [
+            variants[i % len(variants)].replace("{account}", account)
+            for i, account in zip(rows, accounts, strict=True)
+        ]
+        keys = ["ord-" + number for number in _numbers(rows)]
+        label: tuple[DecisionKind, str] = ("unresolved", "bad_context")
+        shared = repeat(Decision(*label), len(rows))
+        self._label(rows, keys, self._created_column(rows), payloads, shared, label)
 
     def _case_blank_key(self, case: Case, rows: range) -> None:
         wf = case.workflow
