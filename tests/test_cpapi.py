@@ -377,6 +377,63 @@ async def test_modify_is_looked_up_like_a_cancel(autojump_clock: trio.testing.Mo
     assert answer == Found(BrokerOrder(A1, "9", "Submitted", None))
 
 
+# -- status answers asked ahead, in spare budget -----------------------------------------------
+
+STATUS_42 = "/iserver/account/order/status/42"
+
+
+async def test_a_prefetched_status_answers_a_cancel_missing_from_the_listing_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gateway = with_orders(order(1, "x"))
+    gateway.status["42"] = status_body("42", status="PendingCancel")
+    async with open_backend(gateway) as backend, backend.resolver() as resolver:
+        assert backend.prefetchable(cancel("42"))
+        await backend.prefetch(cancel("42"))
+        assert gateway.count(LISTING) == 0
+        answer = await resolver.lookup(cancel("42"))
+    assert answer == Found(BrokerOrder(A1, "42", "PendingCancel", AT_MS))
+    assert gateway.count(STATUS_42) == 1
+
+
+async def test_a_prefetched_status_never_overrides_the_listing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gateway = with_orders(order(42, "x", status="Cancelled", last_ms=MS))
+    gateway.status["42"] = status_body("42", status="PendingCancel")
+    async with open_backend(gateway) as backend, backend.resolver() as resolver:
+        await backend.prefetch(cancel("42"))
+        answer = await resolver.lookup(cancel("42"))
+        # Handed out once: a second lookup of the order asks nothing more either.
+        again = await resolver.lookup(cancel("42"))
+    assert answer == again == Found(BrokerOrder(A1, "42", "Cancelled", AT_MS))
+    assert gateway.count(STATUS_42) == 1
+
+
+async def test_a_prefetched_not_found_still_needs_a_complete_listing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gateway = with_orders()  # empty, even when asked again
+    async with open_backend(gateway) as backend, backend.resolver() as resolver:
+        await backend.prefetch(cancel("42"))
+        answer = await resolver.lookup(cancel("42"))
+    assert isinstance(answer, Unresolved)
+    assert answer.reason == "empty_listing"
+    assert gateway.count(STATUS_42) == 1
+
+
+async def test_nothing_is_prefetched_once_the_listing_is_in_or_when_unpaced(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gateway = with_orders(order(1, "x"))
+    async with open_backend(gateway) as backend, backend.resolver() as resolver:
+        await resolver.lookup(cancel("7"))
+        assert not backend.prefetchable(cancel("42"))
+        assert not backend.prefetchable(submit("key-1", A2))
+    async with open_backend(gateway, rate=0) as backend:
+        assert not backend.prefetchable(cancel("42"))
+
+
 def test_public_names_are_pinned() -> None:
     import ibkr_recover.cpapi
 

@@ -554,6 +554,9 @@ class _Listings(MemoryBackend):
         self.gates: dict[str, trio.Event] = {}
         self.fetches: list[str] = []
         self.fetch_error: BrokerFatal | None = None
+        self.prefetching = False
+        self.prefetched: list[str] = []
+        self.prefetch_error: BrokerFatal | None = None
 
     def gate(self, account: str) -> trio.Event:
         return self.gates.setdefault(account, trio.Event())
@@ -567,6 +570,15 @@ class _Listings(MemoryBackend):
         if self.fetch_error is not None:
             raise self.fetch_error
         await self.gate(shared).wait()
+
+    def prefetchable(self, query: Query) -> bool:
+        return self.prefetching and not self.gate(query.account_id).is_set()
+
+    async def prefetch(self, query: Query) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.prefetch_error is not None:
+            raise self.prefetch_error
+        self.prefetched.append(query.key)
 
     async def lookup(self, query: Query) -> Answer:
         await self.gate(query.account_id).wait()
@@ -645,3 +657,37 @@ async def test_a_fatal_answer_while_fetching_leaves_held_rows_unresolved(db_path
     assert report.unresolved_reasons == {"rate_limited": 30}
     assert backend.queries == []
     assert all(r["status"] == "pending_writer" for r in rows_by_key(db_path).values())
+
+
+async def test_held_rows_are_prefetched_oldest_first_while_their_shared_answer_is_fetched(
+    db_path: Path,
+) -> None:
+    _two_accounts(db_path, slow=40, fast=0)
+    backend = _Listings()
+    backend.prefetching = True
+
+    async def open_gate_when_prefetched() -> None:
+        while len(backend.prefetched) < 40:
+            await trio.sleep(0.01)
+        backend.gate("DU-SLOW").set()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_gate_when_prefetched)
+            report = await recover(config(db_path, concurrency=2), backend)
+    assert backend.prefetched == [f"s{i:04d}" for i in range(40)]
+    assert (report.scanned, report.completed) == (40, 40)
+    assert_adds_up(report)
+
+
+async def test_a_fatal_answer_to_a_prefetch_stops_the_run(db_path: Path) -> None:
+    _two_accounts(db_path, slow=30, fast=0)
+    backend = _Listings()
+    backend.prefetching = True
+    backend.prefetch_error = BrokerFatal("rate_limited", "429 Too Many Requests")
+    with trio.fail_after(30):
+        report = await recover(config(db_path, concurrency=2), backend)
+    assert report.fatal == "rate_limited"
+    assert report.unresolved_reasons == {"rate_limited": 30}
+    assert backend.queries == []
+    assert_adds_up(report)

@@ -229,6 +229,78 @@ async def test_cancelled_sleeper_followed_by_an_urgent_reservation_leaves_a_gap_
     assert times == [pytest.approx(2.0), pytest.approx(3.0)]
 
 
+async def test_a_spare_caller_takes_a_free_slot_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer.per_second(10)
+    t0 = trio.current_time()
+    await pacer.acquire_spare()
+    await pacer.acquire()
+    assert trio.current_time() - t0 == pytest.approx(0.1, abs=EPS)
+
+
+async def test_a_spare_caller_waits_while_other_callers_keep_the_schedule_booked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer.per_second(10)
+    t0 = trio.current_time()
+    normal: list[float] = []
+    spare: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        normal.append(trio.current_time() - t0)
+
+    async def spare_one() -> None:
+        await pacer.acquire_spare()
+        spare.append(trio.current_time() - t0)
+
+    await pacer.acquire()  # slot 0 taken: the spare callers wait for slot 0.1
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(spare_one)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(30):
+            nursery.start_soon(one)
+    # Though they came later, the other callers go first; then the spare callers, at the rate.
+    assert normal == pytest.approx([k * 0.1 for k in range(1, 31)], abs=EPS)
+    assert spare == pytest.approx([3.1, 3.2, 3.3], abs=EPS)
+
+
+async def test_spare_and_other_callers_together_never_exceed_the_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer.per_second(10)
+    times: list[float] = []
+
+    async def one(delay: float, kind: int) -> None:
+        await trio.sleep(delay)
+        if kind == 0:
+            await pacer.acquire_spare()
+        else:
+            await pacer.acquire(urgent=kind == 1)
+        times.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for k in range(200):
+            nursery.start_soon(one, (k * 37 % 101) / 50, k % 5)
+    times.sort()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.1 - EPS
+
+
+async def test_a_cancelled_spare_caller_takes_no_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer(1.0)
+    t0 = trio.current_time()
+    await pacer.acquire()
+    with trio.move_on_after(0.5):
+        await pacer.acquire_spare()
+    await pacer.acquire()
+    assert trio.current_time() - t0 == pytest.approx(1.0, abs=EPS)
+
+
 async def _turns(spacer: Spacer, n: int, *then: Pacer, hold: float = 0.0) -> list[float]:
     times: list[float] = []
 

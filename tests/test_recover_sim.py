@@ -104,7 +104,7 @@ def test_ibkr_pacing_2000_rows_records_zero_429s(tmp_path: Path) -> None:
     assert_matches_expected(db, tmp_path / "original.db", expected)
 
 
-def test_paced_crash_backlog_fetches_account_by_account_and_overlaps_status_lookups(
+def test_paced_crash_backlog_fetches_account_by_account_and_fills_the_budget_meanwhile(
     tmp_path: Path,
 ) -> None:
     # IBKR's limits scaled 5x down in time: 50 requests/s, listing and trades 1 per second.
@@ -130,6 +130,10 @@ def test_paced_crash_backlog_fetches_account_by_account_and_overlaps_status_look
     assert len(listing) == 2 * expected.accounts
     assert listing[0::2] == listing[1::2]
     assert accounts("trades")[0::2] == listing[0::2]
+    # Before any listing is in (the first account's warm-up re-ask), budget nobody else
+    # wants already goes to status lookups of cancels and modifies still held back.
+    first_in = sorted(r.mono for r in log if r.endpoint == "listing")[1]
+    assert sum(r.endpoint == "status" and r.mono < first_in for r in log) >= 10
     # Rows of accounts whose listing is in are looked up while later listings are pending.
     last_listing = max(r.mono for r in log if r.endpoint == "listing")
     early = sum(r.endpoint == "status" and r.mono < last_listing for r in log)

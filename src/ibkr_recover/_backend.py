@@ -146,3 +146,21 @@ class SharedAnswers(Protocol):
         Cancellation: safe; a cancelled fetch is taken over by the next caller.
         """
         ...
+
+    def prefetchable(self, query: Query) -> bool:
+        """Whether :meth:`prefetch` could use budget nobody needs on ``query`` while it waits."""
+        ...
+
+    async def prefetch(self, query: Query) -> None:
+        """Ask, in spare time, what ``query``'s lookup will need besides the shared answer.
+
+        It never decides a row: the lookup, once the shared answer is in, still does.
+
+        Raises
+        ------
+        BrokerFatal
+            As :meth:`Resolver.lookup`.
+
+        Cancellation: safe; a cancelled prefetch leaves the lookup to ask for itself.
+        """
+        ...

@@ -53,6 +53,7 @@ class Pacer:
         self._count = 0
         self._lock = trio.Lock()
         self._urgent_lock = trio.Lock()
+        self._spare_lock = trio.Lock()
 
     @classmethod
     def per_second(cls, rate: float, *, burst: int = 1) -> Pacer:
@@ -97,6 +98,32 @@ class Pacer:
                     if self._count == taken:
                         self._count -= 1
                     raise
+
+    async def acquire_spare(self) -> None:
+        """Wait for a slot that no other caller takes, and take it.
+
+        For requests worth sending only with budget that would otherwise go unused: a slot is
+        spare when its time has come and nobody reserved it. While :meth:`acquire` callers keep
+        the schedule booked ahead, a spare caller waits; the most it takes from them is the
+        one slot it took just before they came back.
+
+        Cancellation: safe. A caller cancelled while waiting takes no slot; ``acquire_spare``
+        is always a checkpoint.
+        """
+        if self._interval == 0:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._spare_lock:
+            while True:
+                now = trio.current_time()
+                tat = self._anchor + self._count * self._interval
+                if tat - self._tolerance <= now:
+                    break
+                await trio.sleep_until(tat - self._tolerance)
+            # No checkpoint from the check to here: the slot is still free when taken.
+            if tat < now:
+                self._anchor, self._count = now, 0
+            self._count += 1
 
 
 class Spacer:

@@ -32,7 +32,7 @@ from typing import IO, Protocol
 import trio
 
 from . import _crash
-from ._backend import Backend, Resolver, SharedAnswers, Unresolved
+from ._backend import Backend, Query, Resolver, SharedAnswers, Unresolved
 from ._config import RunConfig
 from ._decide import Outcome, PendingRow, decide, plan, unresolved
 from ._errors import BrokerFatal, ConfigError, StorageError
@@ -155,7 +155,9 @@ class _Run:
         after: tuple[object, str] | None = None
         # Closed without a checkpoint: in a cancelled run, an async close would replace a
         # storage error of the last page with Cancelled, and the operator would never see it.
-        with send:
+        with send, contextlib.ExitStack() as stack:
+            if held is not None:
+                stack.callback(held.close)
             while self.switch.fatal is None:
                 page = await trio.to_thread.run_sync(self.store.read_page, after, size)
                 for row in page:
@@ -301,6 +303,11 @@ class _Held:
     The first row held for a shared answer starts one task that fetches it (under the fatal
     switch) and then hands every row held for it to the workers. Once the answer is in, the
     backend no longer names it, and later rows of that account go straight to the workers.
+
+    Meanwhile one more task goes through the held rows the backend can prefetch for, oldest
+    first, and has it ask what else their lookups will need, in request budget nobody else
+    wants (at a run's start, or while every listed row is done and the next listing is still
+    paced): the lookups after the listing then have their answers already.
     """
 
     def __init__(self, run: _Run, backend: SharedAnswers, nursery: trio.Nursery) -> None:
@@ -309,6 +316,13 @@ class _Held:
         self._nursery = nursery
         self._rows: dict[Hashable, list[PendingRow]] = {}
         self._count = 0
+        # Bounded by MAX_HELD: a query goes in only with a row that is held.
+        self._early_send, early_recv = trio.open_memory_channel[Query](math.inf)
+        nursery.start_soon(self._prefetch, early_recv)
+
+    def close(self) -> None:
+        """No more rows come: the prefetching task ends once it went through those held."""
+        self._early_send.close()
 
     def hold(self, row: PendingRow, send: trio.MemorySendChannel[PendingRow]) -> bool:
         """Hold ``row`` back if its lookup would wait now; ``False``: give it to a worker."""
@@ -328,7 +342,30 @@ class _Held:
             self._nursery.start_soon(self._release, shared, send.clone())
         rows.append(row)
         self._count += 1
+        if self._backend.prefetchable(planned):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self._early_send.send_nowait(planned)
         return True
+
+    async def _prefetch(self, queries: trio.MemoryReceiveChannel[Query]) -> None:
+        switch = self._run.switch
+        scope = trio.CancelScope()
+        switch.watch(scope)
+        try:
+            with scope, queries:
+                async for query in queries:
+                    if switch.fatal is not None:
+                        return
+                    # Skipped once the listing is in: the row is being looked up already.
+                    if self._backend.prefetchable(query):
+                        await self._backend.prefetch(query)
+        except BrokerFatal as exc:
+            switch.trip(exc)
+        except Exception:
+            # Prefetching only saves time: the lookups ask for themselves.
+            log.exception("prefetching failed unexpectedly")
+        finally:
+            switch.unwatch(scope)
 
     async def _release(self, shared: Hashable, send: trio.MemorySendChannel[PendingRow]) -> None:
         switch = self._run.switch

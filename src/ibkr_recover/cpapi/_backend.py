@@ -104,6 +104,8 @@ class CpapiBackend:
         # every account's first call going before any re-ask.
         self._listing_turn = trio.Lock()
         self._trades_turn = trio.Lock()
+        # Status answers asked in spare pacing slots while the order's account had no listing.
+        self._early: dict[int, OrderStatus | NotFound] = {}
 
     async def __aenter__(self) -> Self:
         self._shared = self._wire.client(connections=_SHARED_CONNECTIONS)
@@ -236,6 +238,59 @@ class CpapiBackend:
             raise TypeError(f"not an account id: {shared!r}")
         await self.submit_evidence(shared)
 
+    def prefetchable(self, query: Query) -> bool:
+        """Whether a spare request could ask about ``query``'s order before its listing is in.
+
+        Only in paced runs (unpaced, no budget goes unused), only for a cancel or modify by a
+        numeric broker order id of a known account whose listing has not been fetched yet.
+        """
+        return (
+            self._wire.paced
+            and query.operation != "submit"
+            and self._accounts is not None
+            and query.account_id in self._accounts
+            and self._listings.peek(query.account_id) is None
+            and parse_order_id(query.lookup_id) is not None
+        )
+
+    async def prefetch(self, query: Query) -> None:
+        """Ask the status endpoint about ``query``'s order in a spare pacing slot.
+
+        The answer is kept for the row's lookup, which still goes by the listing first: an
+        order in the listing is decided by the listing, and an early "not found" clears only
+        next to a complete listing, as a late one does. A failed request keeps nothing (the
+        lookup asks again).
+
+        Raises
+        ------
+        BrokerFatal
+            401/403, 429 or a TLS failure (the run stops).
+
+        Cancellation: safe (a read); a cancelled request keeps nothing.
+        """
+        order_id = parse_order_id(query.lookup_id)
+        if order_id is None or order_id in self._early or not self.prefetchable(query):
+            return
+        path = ORDER_STATUS_PATH.format(order_id=order_id)
+        try:
+            answer = await self._wire.get(
+                self._client(),
+                path,
+                ORDER_STATUS,
+                cap=SMALL_BODY_BYTES,
+                not_found_ok=True,
+                spare=True,
+            )
+        except RequestFailed:
+            return
+        # Kept only while the listing is still to come: after it, the row may be done already.
+        if self._listings.peek(query.account_id) is None:
+            self._early[order_id] = answer
+
+    def early_status(self, order_id: int) -> OrderStatus | NotFound | None:
+        """The status answer :meth:`prefetch` got for ``order_id``, handed out once."""
+        return self._early.pop(order_id, None)
+
     async def order_status(self, client: Connection, order_id: int) -> OrderStatus | NotFound:
         """One order by broker id, through the caller's own client.
 
@@ -357,10 +412,11 @@ class CpapiResolver:
         if order_id is None:
             return Unresolved("invalid_order_id", "the broker order id is not a number")
         listing = await backend.listing(query.account_id)
+        early = backend.early_status(order_id)
         found = find_by_order_id(query, order_id, listing)
         if found is not None:
             return found
-        answer = await backend.order_status(self._client, order_id)
+        answer = early if early is not None else await backend.order_status(self._client, order_id)
         if isinstance(answer, NotFound):
             return decide_not_found(
                 order_id,

@@ -134,6 +134,11 @@ class Wire:
         ]
 
     @property
+    def paced(self) -> bool:
+        """Whether requests are paced at all (``settings.rate`` > 0)."""
+        return self._pacer.interval > 0
+
+    @property
     def stopped(self) -> BrokerFatal | None:
         """The fatal condition that stopped every request of the run, if any."""
         return self._stopped
@@ -161,6 +166,7 @@ class Wire:
         lane: Spacer | None = ...,
         not_found_ok: Literal[False] = ...,
         may_reprime: bool = ...,
+        spare: bool = ...,
     ) -> T: ...
 
     @overload
@@ -175,6 +181,7 @@ class Wire:
         lane: Spacer | None = ...,
         not_found_ok: Literal[True],
         may_reprime: bool = ...,
+        spare: bool = ...,
     ) -> T | NotFound: ...
 
     async def get(
@@ -188,6 +195,7 @@ class Wire:
         lane: Spacer | None = None,
         not_found_ok: bool = False,
         may_reprime: bool = True,
+        spare: bool = False,
     ) -> T | NotFound:
         """GET ``path`` and decode the answer.
 
@@ -201,6 +209,8 @@ class Wire:
             Answer :class:`NotFound` for a 503 "Order N is not found" instead of failing.
         may_reprime
             Re-query ``/iserver/accounts`` once if the gateway asks for it, then retry.
+        spare
+            Send only in a pacing slot no other request waits for (:meth:`Pacer.acquire_spare`).
 
         Raises
         ------
@@ -220,7 +230,7 @@ class Wire:
         while True:
             generation = self._accounts_generation
             try:
-                reply = await self._exchange(client, path, params, lane, cap, where)
+                reply = await self._exchange(client, path, params, lane, cap, where, spare)
                 value = self._interpret(reply, decoder, where, not_found_ok=not_found_ok)
             except _AccountsFirst:
                 if reprimed:
@@ -256,11 +266,14 @@ class Wire:
         lane: Spacer | None,
         cap: int,
         where: str,
+        spare: bool = False,
     ) -> _Reply:
         self._raise_if_stopped()
         if lane is None:
             # Unlimited, the pacer would only add a scheduler round trip per request.
-            if self._pacer.interval:
+            if spare:
+                await self._pacer.acquire_spare()
+            elif self._pacer.interval:
                 await self._pacer.acquire()
             return await self._send(client, path, params, cap, where)
         # One request of the endpoint at a time, so that a shared client never waits for a
