@@ -21,9 +21,8 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Generic, Self, TypeVar
+from typing import Final, Self
 
 import httpx
 import trio
@@ -54,6 +53,7 @@ from ._models import (
     OrderStatus,
     TradeRow,
 )
+from ._once import Once
 from ._settings import CpapiSettings
 from ._translate import RequestFailed, clip
 
@@ -67,8 +67,6 @@ TRADES_PATH: Final = "/iserver/account/trades"
 ORDER_STATUS_PATH: Final = "/iserver/account/order/status/{order_id}"
 #: Connections of the backend's own client: preflight, one listing, one trades, one re-query.
 _SHARED_CONNECTIONS: Final = 4
-
-V = TypeVar("V")
 
 
 class CpapiBackend:
@@ -97,8 +95,8 @@ class CpapiBackend:
         self._trades_lane = Spacer(settings.listing_interval * PACING_MARGIN)
         self._shared: Connection | None = None
         self._accounts: frozenset[str] | None = None
-        self._listings: _Once[OrderBook | Failed] = _Once()
-        self._trades: _Once[Executions | Failed] = _Once()
+        self._listings: Once[OrderBook | Failed] = Once()
+        self._trades: Once[Executions | Failed] = Once()
         # One account's fetch (both calls of a warm-up) at a time, in the order asked: the
         # first accounts' listings are in after one or two lane intervals each, instead of
         # every account's first call going before any re-ask.
@@ -478,42 +476,3 @@ async def _both(
     if fatal:
         raise fatal[0]
     return got_listing[0], got_trades[0]
-
-
-@dataclass
-class _Entry(Generic[V]):
-    done: trio.Event = field(default_factory=trio.Event)
-    value: V | None = None
-
-
-class _Once(Generic[V]):
-    """Per-key results computed once per run: the first caller computes, the others wait.
-
-    A computation that is cancelled (or raises) is forgotten, and one of the waiters takes it
-    over; a failure the computation returns as a value is remembered like any result.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[Hashable, _Entry[V]] = {}
-
-    def peek(self, key: Hashable) -> V | None:
-        entry = self._entries.get(key)
-        return entry.value if entry is not None else None
-
-    async def get(self, key: Hashable, compute: Callable[[], Awaitable[V]]) -> V:
-        """Cancellation: safe; see the class docstring."""
-        while True:
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = self._entries[key] = _Entry()
-                try:
-                    entry.value = await compute()
-                except BaseException:
-                    del self._entries[key]
-                    raise
-                finally:
-                    entry.done.set()
-                return entry.value
-            await entry.done.wait()
-            if entry.value is not None:
-                return entry.value
