@@ -8,11 +8,11 @@ Speed: SQLite's own insert work is about half of a generator's time per row, so 
 databases it runs in a child process (:class:`GatewayWriter` with ``background=True``) while
 the parent builds the next batch. Pending rows travel as three joined buffers per batch rather
 than as pickled tuples, the child computes their ``request_hash``, and one INSERT statement
-carries :data:`ROWS_PER_INSERT` rows of four parameters each (the rest are SQL literals): a
-statement per row costs twice as much. While generating: no rollback journal,
-``synchronous=OFF``, a page cache large enough for the whole file, one transaction for
-everything; a fixture lost in a crash is simply generated again. The file is left in WAL mode,
-as the gateway runs it.
+carries :data:`ROWS_PER_INSERT` rows of three parameters each (the rest are SQL literals or cut
+from one text of all their request hashes): a statement per row costs twice as much. While
+generating: no rollback journal, ``synchronous=OFF``, a page cache large enough for the whole
+file, one transaction for everything; a fixture lost in a crash is simply generated again. The
+file is left in WAL mode, as the gateway runs it.
 """
 
 from __future__ import annotations
@@ -85,31 +85,37 @@ CREATE TABLE IF NOT EXISTS order_groups (
 }
 
 _INSERT_ROW = f"INSERT INTO {IDEMPOTENCY_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-#: Pending rows per INSERT statement (four parameters each, far below SQLite's limit of 999).
+#: Pending rows per INSERT statement (three parameters each and one for all their request
+#: hashes, far below SQLite's limit of 999).
 ROWS_PER_INSERT = 64
 _SEP = "\x00"  # never part of a generated key or payload
 
 
 def _insert_pending(n: int) -> str:
-    """One INSERT of ``n`` pending rows; row ``r`` binds parameters ``4r+1`` to ``4r+4``:
-    key, request_hash, created_at (also the ``updated_at``) and payload."""
+    """One INSERT of ``n`` pending rows; row ``r`` binds key, created_at (also the
+    ``updated_at``) and payload as parameters ``3r+1`` to ``3r+3``. The last parameter is the
+    text of all their request hashes (:func:`_request_hashes`), as a blob: ``substr`` of a blob
+    is cut at a byte offset, of a text only after counting the characters before it."""
+    h = 3 * n + 1
     values = ", ".join(
-        f"(?{p + 1}, ?{p + 2}, NULL, ?{p + 3}, ?{p + 4}, 'pending_writer', ?{p + 3}, NULL)"
-        for p in range(0, 4 * n, 4)
+        f"(?{p + 1}, CAST(substr(?{h}, {64 * r + 1}, 64) AS TEXT), NULL, ?{p + 2}, ?{p + 3}, "
+        f"'pending_writer', ?{p + 2}, NULL)"
+        for r, p in enumerate(range(0, 3 * n, 3))
     )
     return f"INSERT INTO {IDEMPOTENCY_TABLE} VALUES {values}"
 
 
-def _request_hashes(keys: list[str], created: Sequence[int]) -> list[str]:
-    """A request hash of 64 hex digits, like the gateway's SHA-256, per row of one batch.
+def _request_hashes(keys: list[str], created: Sequence[int]) -> bytes:
+    """The request hashes of one batch, 64 hex digits per row (like the gateway's SHA-256),
+    as one ASCII text: row ``r``'s is bytes ``64r`` to ``64r + 63``.
 
     The tool treats ``request_hash`` as an opaque compare-and-set guard, so it only has to be
-    a stable, unique-looking digest: one SHAKE-128 stream over the whole batch, cut into
-    32-byte pieces, costs a tenth of hashing every row on its own.
+    a stable, unique-looking digest: one SHAKE-128 stream over the whole batch costs a tenth
+    of hashing every row on its own. SQLite cuts the text up (:func:`_insert_pending`), which
+    is cheaper than a Python string per row bound as a parameter.
     """
     batch = _SEP.join(keys).encode() + array("q", created).tobytes()
-    stream = hashlib.shake_128(batch).hexdigest(32 * len(keys))
-    return [stream[at : at + 64] for at in range(0, 64 * len(keys), 64)]
+    return hashlib.shake_128(batch).hexdigest(32 * len(keys)).encode()
 
 
 class PendingBatch:
@@ -186,14 +192,18 @@ class _Database:
         if not keys:
             return
         hashes = _request_hashes(keys, created)
-        values = chain.from_iterable(zip(keys, hashes, created, payloads, strict=True))
-        # The parameters of whole statements, grouped by zip in C rather than sliced out of
-        # a list of all of them.
-        whole = islice(values, 4 * ROWS_PER_INSERT * (len(keys) // ROWS_PER_INSERT))
-        self._db.executemany(self._insert_full, zip(*[whole] * (4 * ROWS_PER_INSERT), strict=True))
+        per = 64 * ROWS_PER_INSERT
+        values = chain.from_iterable(zip(keys, created, payloads, strict=True))
+        whole = len(keys) // ROWS_PER_INSERT
+        # The parameters of whole statements, grouped by zip in C, and their hashes' blob.
+        width = 3 * ROWS_PER_INSERT
+        groups = zip(*[islice(values, width * whole)] * width, strict=True)
+        blobs = (hashes[at : at + per] for at in range(0, whole * per, per))
+        statements = ((*group, blob) for group, blob in zip(groups, blobs, strict=True))
+        self._db.executemany(self._insert_full, statements)
         tail = list(values)
         if tail:
-            self._db.execute(_insert_pending(len(tail) // 4), tail)
+            self._db.execute(_insert_pending(len(tail) // 3), [*tail, hashes[whole * per :]])
 
     def rows(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
