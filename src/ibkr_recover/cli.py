@@ -104,10 +104,11 @@ def _run_trio(main: Callable[[], Awaitable[T]]) -> T:
 def tune_gc() -> None:
     """Fewer, cheaper cyclic garbage collections for this process (the console script only).
 
-    Every HTTP exchange leaves a few dozen objects in reference cycles (httpx's request and
-    response structures) that only the cycle collector frees. At the default threshold it runs
-    every couple of dozen requests, and each full collection walks every object of the process:
-    about a tenth of a run's CPU. Objects made before the run (modules, settings, clients) are
+    A run allocates a few dozen tracked objects per row (requests, answers, outcomes) that
+    reference counting frees, but at the default threshold they still trigger a young
+    collection every few rows, and every older one walks the whole process (with httpx's
+    reference cycles this was a tenth of a run's CPU; with httpcore a run of 8,000 rows spends
+    ~0.05 s in 117 collections). Objects made before the run (modules, settings, clients) are
     frozen out of the collections, and the young generation is collected every 10,000
     allocations instead of 700: the garbage waiting in between stays a few megabytes.
     """
