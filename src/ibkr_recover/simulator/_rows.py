@@ -15,13 +15,11 @@ regular account's listing always stays complete (non-empty and well under the ca
 
 from __future__ import annotations
 
-import hashlib
 import random
-import time
 import uuid
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from functools import lru_cache, partial
+from collections import Counter
+from collections.abc import Callable, Iterable
+from functools import partial
 from itertools import chain, repeat
 from typing import Any
 
@@ -34,13 +32,23 @@ from ._oracle import (
     Decisions,
     lifecycle_status,
 )
+from ._row_parts import (
+    LISTED_LIMIT,
+    AccountPool,
+    PoolAccount,
+    context_heads,
+    context_json,
+    deal,
+    execution_ids,
+    rfc3339,
+    rfc3339_span,
+    row_numbers,
+    sha256_hex,
+)
 from ._scenario import Account, Order, Trade
 
 __all__ = ["LISTED_LIMIT", "Builder", "RowBuilder"]
 
-#: Listed orders per regular account; far enough below the cap of 1000 that foreign rows
-#: and bracket legs never take a listing there.
-LISTED_LIMIT = 900
 #: The cap the ``capped`` account's listing is filled to (IBKR's documented maximum).
 CAP = 1000
 _FILLERS = 2
@@ -59,151 +67,6 @@ _BAD_CONTEXTS = (
 )
 
 Builder = Callable[[Case, range], None]
-
-
-def _context(wf: str, op: str, account: str, oid: int | None = None) -> str:
-    if oid is None:
-        return f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account}"}}'
-    return (
-        f'{{"workflow":"{wf}","operation":"{op}","account_id":"{account}",'
-        f'"broker_order_id":"{oid}"}}'
-    )
-
-
-def _numbers(rows: range) -> list[str]:
-    """``f"{i:08d}"`` of every row (the row's part of its key), at half the cost."""
-    return [str(i).zfill(8) for i in rows]
-
-
-def _heads(wf: str, op: str, accounts: list[str]) -> dict[str, str]:
-    """The recovery context of each account, without its closing brace."""
-    return {account: _context(wf, op, account)[:-1] for account in set(accounts)}
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _deal(owners: list[list[Any]], items: Iterable[Any]) -> None:
-    """Append the ``k``-th item to the ``k``-th list, in C (twice as fast as a loop)."""
-    deque(map(list.append, owners, items), maxlen=0)
-
-
-def _execution_ids(oids: range, rows: range) -> Iterator[str]:
-    """IBKR-like execution ids (``f"{oid:010x}.{row:08x}.01.01"``), one per order."""
-    return map("%010x.%08x.01.01".__mod__, zip(oids, rows, strict=True))
-
-
-@lru_cache(maxsize=1)
-def _times_of_day() -> tuple[str, ...]:
-    """``HH:MM:SSZ`` of every second of a day."""
-    sixty = [f"{n:02d}" for n in range(60)]
-    return tuple(f"{h}:{m}:{s}Z" for h in sixty[:24] for m in sixty for s in sixty)
-
-
-@lru_cache(maxsize=8)
-def _day(day: int) -> tuple[str, ...]:
-    """The RFC 3339 UTC text of every second of one day (days since the epoch).
-
-    Kept across runs: a run dates its rows over four or five days, and tests and benchmarks
-    generate again and again around the same ``now``.
-    """
-    date = time.strftime("%Y-%m-%dT", time.gmtime(day * 86_400))
-    return tuple(map(date.__add__, _times_of_day()))
-
-
-def _rfc3339(seconds: int) -> str:
-    """The RFC 3339 UTC text of whole epoch seconds."""
-    day, second = divmod(seconds, 86_400)
-    return _day(day)[second]
-
-
-def _rfc3339_span(first: int, stop: int) -> list[str]:
-    """:func:`_rfc3339` of every second from ``first`` to ``stop - 1``, as one table.
-
-    Looking the text of a second up in it costs a fifth of composing the text: a found row's
-    ``updated_at`` is its most expensive column otherwise.
-    """
-    span: list[str] = []
-    for day in range(first // 86_400, (stop - 1) // 86_400 + 1):
-        offset = day * 86_400
-        span += _day(day)[max(first - offset, 0) : stop - offset]
-    return span
-
-
-class _Account:
-    __slots__ = ("id", "listed", "orders", "trades")
-
-    def __init__(self, account_id: str) -> None:
-        self.id = account_id
-        self.orders: list[Order] = []
-        self.trades: list[Trade] = []
-        self.listed = 0
-
-
-class _Pool:
-    """The regular accounts of one workflow."""
-
-    def __init__(self, new: Callable[[], _Account]) -> None:
-        self._new = new
-        self.all: list[_Account] = []
-        self._open: list[_Account] = []
-        self._rr = 0
-
-    def add(self) -> _Account:
-        account = self._new()
-        self.all.append(account)
-        self._open.append(account)
-        return account
-
-    def roomy(self, need: int = 1) -> _Account:
-        """The next account (round robin) with room for ``need`` more listed orders."""
-        while True:
-            if not self._open:
-                self.add()
-            account = self._open[self._rr % len(self._open)]
-            self._rr += 1
-            if account.listed + need <= LISTED_LIMIT:
-                return account
-            self._open.remove(account)
-
-    def take(self, n: int, need: int) -> list[_Account]:
-        """Accounts for ``n`` rows (round robin), each with room for ``need`` listed orders.
-
-        Room is reserved here: the caller places the orders without counting them. The
-        accounts are picked in whole rounds over the open ones, as many rounds at a time as
-        the fullest of them has room for, rather than one row at a time.
-        """
-        if need == 0:
-            if not self.all:
-                self.add()
-            return self._rounds(self.all, n)
-        picked: list[_Account] = []
-        while len(picked) < n:
-            self._open = [a for a in self._open if a.listed + need <= LISTED_LIMIT]
-            if not self._open:
-                self.add()
-            rounds = min((LISTED_LIMIT - a.listed) // need for a in self._open)
-            chunk = self._rounds(self._open, min(n - len(picked), rounds * len(self._open)))
-            for account, times in Counter(chunk).items():
-                account.listed += need * times
-            picked += chunk
-        return picked
-
-    def _rounds(self, accounts: list[_Account], n: int) -> list[_Account]:
-        """``n`` accounts of ``accounts`` round robin, from where the last pick stopped."""
-        at = self._rr % len(accounts)
-        self._rr += n
-        rotated = accounts[at:] + accounts[:at]
-        return (rotated * (n // len(accounts) + 1))[:n]
-
-    def any(self, need: int = 0) -> _Account:
-        """The next account, round robin, for a row that lists nothing."""
-        if not self.all:
-            self.add()
-        account = self.all[self._rr % len(self.all)]
-        self._rr += 1
-        return account
 
 
 class RowBuilder:
@@ -244,9 +107,11 @@ class RowBuilder:
         self.tally: Counter[tuple[str, str]] = Counter()
         self._oid = 1_700_000_000 + rng.randrange(100_000_000)
         self._ids: set[str] = set()
-        self._regular: list[_Account] = []
-        self._pools = {wf: _Pool(partial(self._regular_account, wf)) for wf in ("paper", "live")}
-        self._special: dict[str, _Account] = {}
+        self._regular: list[PoolAccount] = []
+        self._pools = {
+            wf: AccountPool(partial(self._regular_account, wf)) for wf in ("paper", "live")
+        }
+        self._special: dict[str, PoolAccount] = {}
         self._blank_keys = 0
         self._groups: list[tuple[str, str, str, int]] = []
         for k in range(accounts):
@@ -298,18 +163,18 @@ class RowBuilder:
                 self._ids.add(candidate)
                 return candidate
 
-    def _regular_account(self, wf: str) -> _Account:
-        account = _Account(self._account_id(wf))
+    def _regular_account(self, wf: str) -> PoolAccount:
+        account = PoolAccount(self._account_id(wf))
         self._regular.append(account)
         # A couple of unrelated orders, so that no regular listing is ever empty.
         for _ in range(_FILLERS):
             self._order(account, f"gw-{self._oid + 1}", "Submitted", self._now - 7200, 0, True)
         return account
 
-    def _special_account(self, name: str, wf: str) -> _Account:
+    def _special_account(self, name: str, wf: str) -> PoolAccount:
         account = self._special.get(f"{name}-{wf}")
         if account is None:
-            account = self._special[f"{name}-{wf}"] = _Account(self._account_id(wf))
+            account = self._special[f"{name}-{wf}"] = PoolAccount(self._account_id(wf))
             if name == "capped":
                 for _ in range(CAP):
                     ref = f"gw-{self._oid + 1}"
@@ -330,7 +195,7 @@ class RowBuilder:
 
     def _order(
         self,
-        account: _Account,
+        account: PoolAccount,
         ref: str,
         status: str,
         created: int,
@@ -367,13 +232,13 @@ class RowBuilder:
         oids = range(self._oid + 1, self._oid + 1 + n)
         self._oid += n
         oid_texts = list(map(str, oids))
-        numbers = _numbers(rows)
+        numbers = row_numbers(rows)
         keys = oid_texts if fallback else ["ord-" + number for number in numbers]
         refs = keys if op == "submit" else ["orig-" + number for number in numbers]
         created = self._created_column(rows)
         at = [t + 1 + i % 29 for t, i in zip(created, rows, strict=True)]
         self._place(picked, rows, oids, refs, at, status, listed)
-        heads = _heads(wf, op, accounts)
+        heads = context_heads(wf, op, accounts)
         if op == "submit" or fallback:
             payloads = [heads[account] + "}" for account in accounts]
         else:
@@ -384,7 +249,7 @@ class RowBuilder:
         self._out.put(rows, keys, created, payloads)
         first = self._now - 3600 - _SPREAD_S  # a found order's time is after its row's
         if not self._texts:
-            self._texts = _rfc3339_span(first, self._now - 3600 + 30)
+            self._texts = rfc3339_span(first, self._now - 3600 + 30)
         texts = self._texts
         updated = (texts[t - first] for t in at)  # made with the decisions, if ever
         found = map(
@@ -403,7 +268,7 @@ class RowBuilder:
 
     def _place(
         self,
-        picked: list[_Account],
+        picked: list[PoolAccount],
         rows: range,
         oids: range,
         refs: list[str],
@@ -419,21 +284,21 @@ class RowBuilder:
             orders = list(map(Order, oids, refs, *state, ms, *filled))
             # IBKR does not promise the order id on executions; give it to every other one.
             trade_oids = [oid if i % 2 else None for oid, i in zip(oids, rows, strict=True)]
-            ids = _execution_ids(oids, rows)
+            ids = execution_ids(oids, rows)
             trades = map(Trade, ids, refs, trade_oids, ms, repeat(1.0), repeat(_PRICE))
-            _deal([account.trades for account in picked], trades)
+            deal([account.trades for account in picked], trades)
         elif status in ("Cancelled", "ApiCancelled"):
             # Every other one was partly filled before it was cancelled.
             orders = list(map(Order, oids, refs, *state, ms))
             odd = slice(1, None, 2)
             partly = (repeat(2.0), repeat(1.0), repeat(_PRICE))
             orders[odd] = list(map(Order, oids[odd], refs[odd], *state, ms[odd], *partly))
-            ids = _execution_ids(oids[odd], rows[odd])
+            ids = execution_ids(oids[odd], rows[odd])
             executions = map(Trade, ids, refs[odd], repeat(None), ms[odd], repeat(1.0))
-            _deal([account.trades for account in picked[odd]], executions)
+            deal([account.trades for account in picked[odd]], executions)
         else:
             orders = list(map(Order, oids, refs, *state, ms))
-        _deal([account.orders for account in picked], orders)
+        deal([account.orders for account in picked], orders)
 
     def _case_listed(self, case: Case, rows: range) -> None:
         self._found(case, rows, True, False)
@@ -451,13 +316,13 @@ class RowBuilder:
     def _absent(self, case: Case, rows: range, reason: str) -> None:
         wf, op = case.workflow, case.operation
         accounts = [account.id for account in self._pools[wf].take(len(rows), 0)]
-        keys = ["ord-" + number for number in _numbers(rows)]
+        keys = ["ord-" + number for number in row_numbers(rows)]
         if reason == "beyond_horizon":
             old = self._now - DEFAULT_MAX_CLEAR_AGE_S - 86_400
             created = [old - i % 86_400 for i in rows]
         else:
             created = self._created_column(rows)
-        heads = _heads(wf, op, accounts)
+        heads = context_heads(wf, op, accounts)
         if op == "submit":
             payloads = [heads[account] + "}" for account in accounts]
         else:
@@ -486,7 +351,7 @@ class RowBuilder:
         oids = range(self._oid + 1, self._oid + 1 + len(rows))
         self._oid += len(rows)
         keys = list(map(str, oids))
-        heads = _heads(wf, op, accounts)
+        heads = context_heads(wf, op, accounts)
         payloads = [heads[account] + "}" for account in accounts]
         label: tuple[DecisionKind, str] = ("clear", "cleared_missing")
         absent = map(Decision, *map(repeat, label), accounts, repeat(wf), repeat(op))
@@ -510,7 +375,7 @@ class RowBuilder:
                 )
             else:
                 decision = Decision("unresolved", "found_in_trades_only", account.id, wf, "submit")
-            self._emit(i, key, created, _context(wf, "submit", account.id), decision)
+            self._emit(i, key, created, context_json(wf, "submit", account.id), decision)
 
     def _case_trades_id(self, case: Case, rows: range) -> None:
         self._in_trades_only(case, rows, True)
@@ -535,13 +400,13 @@ class RowBuilder:
                 legs = f'{{"parent":"{key}-parent","take_profit":"{key}-take-profit"}}'
                 self._groups.append((key, account.id, legs, created))
             decision = Decision("unresolved", "group_legs_found", account.id, wf, "submit")
-            self._emit(i, key, created, _context(wf, "submit", account.id), decision)
+            self._emit(i, key, created, context_json(wf, "submit", account.id), decision)
 
     def _in_special(self, case: Case, rows: range, name: str, reason: str) -> None:
         wf = case.workflow
         account = self._special_account(name, wf).id
-        payloads = [_context(wf, "submit", account)] * len(rows)
-        keys = ["ord-" + number for number in _numbers(rows)]
+        payloads = [context_json(wf, "submit", account)] * len(rows)
+        keys = ["ord-" + number for number in row_numbers(rows)]
         decision = Decision("unresolved", reason, account, wf, "submit")
         label: tuple[DecisionKind, str] = ("unresolved", reason)
         shared = repeat(decision, len(rows))
@@ -567,14 +432,15 @@ class RowBuilder:
         prefix = "DU0" if wf == "paper" else "U0"
         accounts = [prefix + str(i % 1_000_000).zfill(6) for i in rows]
         if op == "submit":
-            payloads = [_context(wf, op, account) for account in accounts]
+            payloads = [context_json(wf, op, account) for account in accounts]
         else:
             oids = range(self._oid + 1, self._oid + 1 + len(rows))
             self._oid += len(rows)
             payloads = [
-                _context(wf, op, account, oid) for account, oid in zip(accounts, oids, strict=True)
+                context_json(wf, op, account, oid)
+                for account, oid in zip(accounts, oids, strict=True)
             ]
-        keys = ["ord-" + number for number in _numbers(rows)]
+        keys = ["ord-" + number for number in row_numbers(rows)]
         label: tuple[DecisionKind, str] = ("unresolved", "unknown_account")
         unknown = map(Decision, *map(repeat, label), accounts, repeat(wf), repeat(op))
         self._label(rows, keys, self._created_column(rows), payloads, unknown, label)
@@ -587,14 +453,14 @@ class RowBuilder:
             key = f"ord-{i:08d}"
             ref = key if op == "submit" else f"orig-{i:08d}"
             oid, _ = self._order(account, ref, "Submitted", created, i, True)
-            payload = _context(wf, op, account.id, None if op == "submit" else oid)
+            payload = context_json(wf, op, account.id, None if op == "submit" else oid)
             self._emit(
                 i, key, created, payload, Decision("skipped", "too_recent", account.id, wf, op)
             )
 
     def _case_no_context(self, case: Case, rows: range) -> None:
         payloads = ["{}" if i % 2 else "" for i in rows]
-        keys = ["ord-" + number for number in _numbers(rows)]
+        keys = ["ord-" + number for number in row_numbers(rows)]
         label: tuple[DecisionKind, str] = ("unresolved", "no_context")
         shared = repeat(Decision(*label), len(rows))
         self._label(rows, keys, self._created_column(rows), payloads, shared, label)
@@ -606,7 +472,7 @@ class RowBuilder:
             variants[i % len(variants)].replace("{account}", account)
             for i, account in zip(rows, accounts, strict=True)
         ]
-        keys = ["ord-" + number for number in _numbers(rows)]
+        keys = ["ord-" + number for number in row_numbers(rows)]
         label: tuple[DecisionKind, str] = ("unresolved", "bad_context")
         shared = repeat(Decision(*label), len(rows))
         self._label(rows, keys, self._created_column(rows), payloads, shared, label)
@@ -622,7 +488,7 @@ class RowBuilder:
             self._blank_keys += 1
             account = self._pools[wf].any().id
             decision = Decision("unresolved", "invalid_key", account, wf, "submit")
-            self._emit(i, key, self._created(i), _context(wf, "submit", account), decision)
+            self._emit(i, key, self._created(i), context_json(wf, "submit", account), decision)
 
     # -- rows that must never be touched, and the other gateway tables -------------------
 
@@ -647,19 +513,19 @@ class RowBuilder:
         extra = {"paper": "", "live": '"execution_correlation":null,'}
         payloads = [
             f'{{"account_id":"{account}","broker_order_id":"{oid}",{extra[wf]}'
-            f'"status":"filled","updated_at":"{_rfc3339(t + 3)}"}}'
+            f'"status":"filled","updated_at":"{rfc3339(t + 3)}"}}'
             for account, oid, wf, t in zip(accounts, oids, wfs, created, strict=True)
         ]
-        contexts = [_context(wf, "submit", a) for wf, a in zip(wfs, accounts, strict=True)]
+        contexts = [context_json(wf, "submit", a) for wf, a in zip(wfs, accounts, strict=True)]
         done = [f"done-{j:08d}" for j in range(n)]
         failed = [f"failed-{j:08d}" for j in range(n)]
         status = "failed_after_writer"
         submitted: list[Row] = [
-            (key, _sha256(key), _sha256(payload), t, payload, "submitted", t + 3, None)
+            (key, sha256_hex(key), sha256_hex(payload), t, payload, "submitted", t + 3, None)
             for key, payload, t in zip(done, payloads, created, strict=True)
         ]
         unsent: list[Row] = [
-            (key, _sha256(key), None, t, context, status, t + 1, failure)
+            (key, sha256_hex(key), None, t, context, status, t + 1, failure)
             for key, context, t in zip(failed, contexts, created, strict=True)
         ]
         rows = list(chain.from_iterable(zip(submitted, unsent, strict=True)))
