@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -14,6 +15,13 @@ import pytest
 from ibkr_recover._schema import IDEMPOTENCY_DDL
 from ibkr_recover.simulator._broker import Broker, Reply, _classify
 from ibkr_recover.simulator._http import Request
+
+# Started as a shell script's background job, the test process ignores SIGINT, and so would
+# every process it starts (an ignored signal stays ignored across exec; the tool, rightly,
+# leaves it so). Caught instead, it is back to the default in those processes, as when the
+# tests run from a terminal: the tests that interrupt the CLI need that.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 NOW = time.time()
 OLD = int(NOW) - 3600  # an hour old: past --min-age, inside --max-clear-age
