@@ -241,8 +241,9 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
         f"{mach['sqlite']} ({mach['platform']}); load average before "
         f"{', '.join(f'{x:.2f}' for x in mach['load_before'])}, after "
         f"{', '.join(f'{x:.2f}' for x in mach.get('load_after', (0, 0, 0)))}; "
-        f"{mach.get('total_s', 0):.0f} s in all. Produced by `python bench/run.py"
-        f"{' --quick' if quick else ''}`; raw numbers in "
+        f"{mach.get('total_s', 0):.0f} s in all. Produced by "
+        f"`{mach.get('command', 'python bench/run.py' + (' --quick' if quick else ''))}`; raw "
+        "numbers in "
         f"`bench/{'results-quick' if quick else 'results'}.json`.",
         "",
         *(
@@ -363,8 +364,8 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
             md += [
                 f"The tool's requests by endpoint: {calls}. Its listing calls alone take "
                 f"{p['listing_chain_s']:.1f} s (one per 5.1 s; an account's first listing is "
-                "the session warm-up and is asked again), and an account's status lookups can "
-                "only start once its listing is in.",
+                "the session warm-up and is asked again); meanwhile, budget no other request "
+                "wants goes to status lookups of held-back cancels and modifies.",
                 "",
             ]
     if results.get("generator"):

@@ -474,6 +474,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = Plan.make(args.quick)
     results = Results(plan=plan.__dict__, machine=machine())
+    results.machine["command"] = " ".join(["python bench/run.py", *sys.argv[1:]])
     parts: dict[str, Callable[[Path], None]] = {
         "per_order": lambda tmp: latency_runs(plan, results, "per_order", tmp),
         "listing": lambda tmp: latency_runs(plan, results, "listing", tmp),

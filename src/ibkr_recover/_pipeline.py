@@ -316,7 +316,8 @@ class _Held:
         self._nursery = nursery
         self._rows: dict[Hashable, list[PendingRow]] = {}
         self._count = 0
-        # Bounded by MAX_HELD: a query goes in only with a row that is held.
+        # One query per row held; rows are held only until their shared answer is in, and
+        # the task skips a query whose row has gone on meanwhile without waiting.
         self._early_send, early_recv = trio.open_memory_channel[Query](math.inf)
         nursery.start_soon(self._prefetch, early_recv)
 
