@@ -71,9 +71,11 @@ def test_dry_run_reports_the_same_and_writes_nothing(tmp_path: Path) -> None:
     assert db.read_bytes() == original
 
 
-@pytest.mark.parametrize("mix", ["per_order", "listing"])
+@pytest.mark.parametrize("mix", ["per_order", "listing", "mixed"])
 def test_scaled_pacing_is_never_exceeded(tmp_path: Path, mix: str) -> None:
     # IBKR's limits scaled 5x down in time, so the test is quick: 50 requests/s, 1 listing/s.
+    # Paced, held-back cancels and modifies are prefetched: with "mixed", every case of the
+    # rules (ambiguous and foreign listing rows among them) still gets the oracle's decision.
     db, scenario, expected = generated(tmp_path, 400, accounts=3, mix=mix, seed=11)
     pacing = Pacing(rate=50, listing_interval=1, trades_interval=1, penalty_s=60)
     with run_in_thread(scenario, pacing=pacing) as sim:
