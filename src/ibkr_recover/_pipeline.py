@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import stat
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Protocol
 
@@ -102,6 +102,22 @@ class _FatalSwitch:
 
     def unwatch(self, scope: trio.CancelScope) -> None:
         self._scopes.discard(scope)
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Run a task's work under the switch: cancelled when it trips, tripping it on a fatal
+        condition; any other error is logged (``what`` failed) and ends the work only."""
+        scope = trio.CancelScope()
+        self.watch(scope)
+        try:
+            with scope:
+                yield
+        except BrokerFatal as exc:
+            self.trip(exc)
+        except Exception:
+            log.exception("%s failed unexpectedly", what)
+        finally:
+            self.unwatch(scope)
 
 
 class _Run:
@@ -350,39 +366,20 @@ class _Held:
 
     async def _prefetch(self, queries: trio.MemoryReceiveChannel[Query]) -> None:
         switch = self._run.switch
-        scope = trio.CancelScope()
-        switch.watch(scope)
-        try:
-            with scope, queries:
-                async for query in queries:
-                    if switch.fatal is not None:
-                        return
-                    # Skipped once the listing is in: the row is being looked up already.
-                    if self._backend.prefetchable(query):
-                        await self._backend.prefetch(query)
-        except BrokerFatal as exc:
-            switch.trip(exc)
-        except Exception:
-            # Prefetching only saves time: the lookups ask for themselves.
-            log.exception("prefetching failed unexpectedly")
-        finally:
-            switch.unwatch(scope)
+        # An unexpected failure only ends prefetching: the lookups ask for themselves.
+        with switch.guard("prefetching"), queries:
+            async for query in queries:
+                if switch.fatal is not None:
+                    return
+                # Skipped once the listing is in: the row is being looked up already.
+                if self._backend.prefetchable(query):
+                    await self._backend.prefetch(query)
 
     async def _release(self, shared: Hashable, send: trio.MemorySendChannel[PendingRow]) -> None:
-        switch = self._run.switch
         with send:
-            scope = trio.CancelScope()
-            switch.watch(scope)
-            try:
-                with scope:
-                    await self._backend.fetch(shared)
-            except BrokerFatal as exc:
-                switch.trip(exc)
-            except Exception:
-                # The workers' lookups meet the same failure and answer for it, row by row.
-                log.exception("fetching a shared answer failed unexpectedly")
-            finally:
-                switch.unwatch(scope)
+            # After an unexpected failure, the workers' lookups meet it and answer for it.
+            with self._run.switch.guard("fetching a shared answer"):
+                await self._backend.fetch(shared)
             # After a fatal condition the rows still go through: the workers mark them.
             rows = self._rows.pop(shared)
             self._count -= len(rows)
