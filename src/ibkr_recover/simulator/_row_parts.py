@@ -24,7 +24,7 @@ __all__ = [
     "deal",
     "execution_ids",
     "context_heads",
-    "row_numbers",
+    "numbered",
     "rfc3339",
     "rfc3339_span",
     "sha256_hex",
@@ -45,9 +45,24 @@ def context_json(wf: str, op: str, account: str, oid: int | None = None) -> str:
     )
 
 
-def row_numbers(rows: range) -> list[str]:
-    """``f"{i:08d}"`` of every row (the row's part of its key), at half the cost."""
-    return [str(i).zfill(8) for i in rows]
+#: ``"000"`` to ``"999"``: the last three digits of a row number.
+_THOUSAND = tuple(f"{n:03d}" for n in range(1000))
+
+
+def numbered(prefix: str, first: int, stop: int) -> list[str]:
+    """``f"{prefix}{i:08d}"`` of every row ``i`` from ``first`` to ``stop - 1``.
+
+    Made a thousand at a time, as one head of the leading digits joined to each of the
+    thousand tails: a fifth of the cost of formatting every number.
+    """
+    texts: list[str] = []
+    if stop <= first:
+        return texts
+    for thousand in range(first // 1000, (stop - 1) // 1000 + 1):
+        head = prefix + str(thousand).zfill(5)
+        offset = thousand * 1000
+        texts += map(head.__add__, _THOUSAND[max(first - offset, 0) : stop - offset])
+    return texts
 
 
 def context_heads(wf: str, op: str, accounts: list[str]) -> dict[str, str]:

@@ -40,9 +40,9 @@ from ._row_parts import (
     context_json,
     deal,
     execution_ids,
+    numbered,
     rfc3339,
     rfc3339_span,
-    row_numbers,
     sha256_hex,
 )
 from ._scenario import Account, Order, Trade
@@ -103,6 +103,9 @@ class RowBuilder:
         self._out = out
         self._decisions = decisions
         self._texts: list[str] = []
+        #: Columns of the open batch that depend on the row number only (see :meth:`_column`).
+        self._columns: dict[str, list[Any]] = {}
+        self._columns_start = -1
         #: How many rows got each (decision, reason), counted as they are labelled.
         self.tally: Counter[tuple[str, str]] = Counter()
         self._oid = 1_700_000_000 + rng.randrange(100_000_000)
@@ -150,8 +153,29 @@ class RowBuilder:
 
     def _created_column(self, rows: range) -> list[int]:
         """:meth:`_created` of every row of ``rows``."""
-        base = self._now - 3600
-        return [base - (i * 7919) % _SPREAD_S for i in rows]
+        return self._column("created", rows)
+
+    def _keys(self, rows: range, prefix: str = "ord-") -> list[str]:
+        """``f"{prefix}{i:08d}"`` of every row ``i`` of ``rows`` (its key, or its order's ref)."""
+        return self._column(prefix, rows)
+
+    def _column(self, name: str, rows: range) -> list[Any]:
+        """The column ``name`` (``created``, or a key prefix) of ``rows``, cut from the
+        column of the whole open batch: made once per batch, rather than once per case."""
+        out = self._out
+        if self._columns_start != out.start:
+            self._columns.clear()
+            self._columns_start = out.start
+        column = self._columns.get(name)
+        if column is None:
+            batch = range(out.start, out.start + len(out))
+            if name == "created":
+                base = self._now - 3600
+                column = [base - (i * 7919) % _SPREAD_S for i in batch]
+            else:
+                column = numbered(name, batch.start, batch.stop)
+            self._columns[name] = column
+        return column[rows.start - out.start : rows.stop - out.start : rows.step]
 
     # -- accounts ----------------------------------------------------------------------
 
@@ -232,9 +256,8 @@ class RowBuilder:
         oids = range(self._oid + 1, self._oid + 1 + n)
         self._oid += n
         oid_texts = list(map(str, oids))
-        numbers = row_numbers(rows)
-        keys = oid_texts if fallback else ["ord-" + number for number in numbers]
-        refs = keys if op == "submit" else ["orig-" + number for number in numbers]
+        keys = oid_texts if fallback else self._keys(rows)
+        refs = keys if op == "submit" else self._keys(rows, "orig-")
         created = self._created_column(rows)
         at = [t + 1 + i % 29 for t, i in zip(created, rows, strict=True)]
         self._place(picked, rows, oids, refs, at, status, listed)
@@ -316,7 +339,7 @@ class RowBuilder:
     def _absent(self, case: Case, rows: range, reason: str) -> None:
         wf, op = case.workflow, case.operation
         accounts = [account.id for account in self._pools[wf].take(len(rows), 0)]
-        keys = ["ord-" + number for number in row_numbers(rows)]
+        keys = self._keys(rows)
         if reason == "beyond_horizon":
             old = self._now - DEFAULT_MAX_CLEAR_AGE_S - 86_400
             created = [old - i % 86_400 for i in rows]
@@ -406,7 +429,7 @@ class RowBuilder:
         wf = case.workflow
         account = self._special_account(name, wf).id
         payloads = [context_json(wf, "submit", account)] * len(rows)
-        keys = ["ord-" + number for number in row_numbers(rows)]
+        keys = self._keys(rows)
         decision = Decision("unresolved", reason, account, wf, "submit")
         label: tuple[DecisionKind, str] = ("unresolved", reason)
         shared = repeat(decision, len(rows))
@@ -440,7 +463,7 @@ class RowBuilder:
                 context_json(wf, op, account, oid)
                 for account, oid in zip(accounts, oids, strict=True)
             ]
-        keys = ["ord-" + number for number in row_numbers(rows)]
+        keys = self._keys(rows)
         label: tuple[DecisionKind, str] = ("unresolved", "unknown_account")
         unknown = map(Decision, *map(repeat, label), accounts, repeat(wf), repeat(op))
         self._label(rows, keys, self._created_column(rows), payloads, unknown, label)
@@ -460,7 +483,7 @@ class RowBuilder:
 
     def _case_no_context(self, case: Case, rows: range) -> None:
         payloads = ["{}" if i % 2 else "" for i in rows]
-        keys = ["ord-" + number for number in row_numbers(rows)]
+        keys = self._keys(rows)
         label: tuple[DecisionKind, str] = ("unresolved", "no_context")
         shared = repeat(Decision(*label), len(rows))
         self._label(rows, keys, self._created_column(rows), payloads, shared, label)
@@ -472,7 +495,7 @@ class RowBuilder:
             variants[i % len(variants)].replace("{account}", account)
             for i, account in zip(rows, accounts, strict=True)
         ]
-        keys = ["ord-" + number for number in row_numbers(rows)]
+        keys = self._keys(rows)
         label: tuple[DecisionKind, str] = ("unresolved", "bad_context")
         shared = repeat(Decision(*label), len(rows))
         self._label(rows, keys, self._created_column(rows), payloads, shared, label)
