@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import itertools
 import ssl
+import unicodedata
 
 import httpcore
 import httpx
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ibkr_recover import Absent, BrokerError, BrokerFatal, Found, Unresolved
-from ibkr_recover.cpapi._translate import RequestFailed, translate_error
+from ibkr_recover._mask import mask_accounts_in
+from ibkr_recover.cpapi._translate import RequestFailed, clip, translate_error
 from test_cpapi_fakes import (
     A1,
     FakeGateway,
@@ -584,6 +588,24 @@ def test_httpcore_errors_are_translated(
     assert isinstance(error, RequestFailed)
     assert (error.reason, error.retryable) == (reason, retryable)
     assert says in str(error)
+
+
+def _clip_char_by_char(text: str, limit: int = 200) -> str:
+    cleaned = "".join(
+        " " if unicodedata.category(ch).startswith("C") else ch for ch in text[: limit * 2]
+    )
+    cleaned = mask_accounts_in(" ".join(cleaned.split()))
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+@given(
+    st.text(max_size=500) | st.text(st.sampled_from("DU12345 67\t\n\x1b\u2028\xa0é"), max_size=500)
+)
+def test_clip_is_one_clean_line_whatever_the_text(text: str) -> None:
+    clipped = clip(text)
+    assert clipped == _clip_char_by_char(text)
+    assert len(clipped) <= 200
+    assert not any(unicodedata.category(ch).startswith("C") for ch in clipped)
 
 
 def test_tls_eof_mid_stream_is_a_connection_failure_not_a_tls_policy_error() -> None:

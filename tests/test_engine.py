@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ibkr_recover import (
     Unresolved,
     recover,
 )
+from ibkr_recover._store import Store
 
 WHEN = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 
@@ -321,6 +323,83 @@ async def test_fatal_broker_condition_stops_lookups_and_commits_decided_rows(
     done = sum(1 for r in rows.values() if r["status"] == "submitted")
     assert done == report.completed
     assert all(r["status"] in ("pending_writer", "submitted") for r in rows.values())
+
+
+class _Stalling(MemoryBackend):
+    """``hang`` never answers; ``fatal``, once ``hang`` is asked (or after ``fatal_after`` s), is a 429."""
+
+    def __init__(self, fatal_after: float | None = None) -> None:
+        super().__init__(default=Found(BrokerOrder("DU1", "1", "Filled")))
+        self.hanging = trio.Event()
+        self.fatal_after = fatal_after
+
+    async def lookup(self, query: Query) -> Answer:
+        self.queries.append(query)
+        if query.lookup_id == "hang":
+            self.hanging.set()
+            await trio.sleep_forever()
+        if query.lookup_id == "fatal":
+            if self.fatal_after is None:
+                await self.hanging.wait()
+            else:
+                await trio.sleep(self.fatal_after)
+            raise BrokerFatal("rate_limited", "429 Too Many Requests")
+        return await super().lookup(query)
+
+
+async def test_a_lookup_in_flight_is_cancelled_when_the_switch_trips(db_path: Path) -> None:
+    keys = ["hang", "fatal", *(f"k{i:03d}" for i in range(20))]
+    make_db(
+        db_path,
+        [
+            {"key": key, "payload": context("paper", "submit", "DU1"), "created_at": OLD + i}
+            for i, key in enumerate(keys)
+        ],
+    )
+    with trio.fail_after(10):
+        report = await recover(config(db_path, concurrency=2), _Stalling())
+    assert report.fatal == "rate_limited"
+    # The hanging lookup, the fatal one and every row after them: none answered.
+    assert report.unresolved_reasons == {"rate_limited": 22}
+    assert_adds_up(report)
+    assert all(r["status"] == "pending_writer" for r in rows_by_key(db_path).values())
+
+
+async def test_outcomes_being_handed_over_when_the_switch_trips_are_kept(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first commit takes a second: the results channel fills and the workers wait to hand
+    # over their outcomes when the 429 arrives. Those decided rows must still be written.
+    apply = Store.apply
+    calls = []
+
+    def slow_apply(store: Store, *args: object) -> list[bool]:
+        calls.append(len(args[0]))  # type: ignore[arg-type]
+        if len(calls) == 1:
+            time.sleep(1.0)
+        return apply(store, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "apply", slow_apply)
+    keys = [f"k{i:03d}" for i in range(300)]
+    keys[5] = "fatal"
+    make_db(
+        db_path,
+        [
+            {"key": key, "payload": context("paper", "submit", "DU1"), "created_at": OLD + i}
+            for i, key in enumerate(keys)
+        ],
+    )
+    with trio.fail_after(30):
+        report = await recover(
+            config(db_path, concurrency=4, batch_size=10), _Stalling(fatal_after=0.5)
+        )
+    assert report.fatal == "rate_limited"
+    assert_adds_up(report)
+    # The batch in flight, the channel's 64 and the three outcomes in the workers' hands.
+    assert report.completed >= 10 + 64 + 3
+    assert report.completed == sum(calls)
+    rows = rows_by_key(db_path)
+    assert sum(r["status"] == "submitted" for r in rows.values()) == report.completed
 
 
 async def test_missing_database_is_refused_and_not_created(tmp_path: Path) -> None:

@@ -52,6 +52,9 @@ class Progress(Protocol):
     def update(self, report: Report) -> None: ...
 
 
+#: A row as read, with what :func:`plan` made of it: the query to ask, or the outcome already.
+Planned = tuple[PendingRow, Query | Outcome]
+
 # Rows that need no write are recorded in the outcomes file at least this often.
 _MAX_DONE = 4096
 # At most this many rows are held back waiting for a shared answer (a few MiB); beyond it,
@@ -149,7 +152,7 @@ class _Run:
         if self.progress is not None:
             self.progress.start(await trio.to_thread.run_sync(self.store.count_pending))
         width = max(1, self.config.concurrency)
-        row_send, row_recv = trio.open_memory_channel[PendingRow](2 * width)
+        row_send, row_recv = trio.open_memory_channel[Planned](2 * width)
         out_send, out_recv = trio.open_memory_channel[Outcome](max(64, 2 * width))
         async with trio.open_nursery() as nursery:
             held = None
@@ -166,8 +169,8 @@ class _Run:
         self.report.finish(trio.current_time() - started)
         return self.report
 
-    async def _read(self, send: trio.MemorySendChannel[PendingRow], held: _Held | None) -> None:
-        size = self.config.page_size
+    async def _read(self, send: trio.MemorySendChannel[Planned], held: _Held | None) -> None:
+        size, min_age = self.config.page_size, self.config.min_age
         after: tuple[object, str] | None = None
         # Closed without a checkpoint: in a cancelled run, an async close would replace a
         # storage error of the last page with Cancelled, and the operator would never see it.
@@ -176,52 +179,34 @@ class _Run:
                 stack.callback(held.close)
             while self.switch.fatal is None:
                 page = await trio.to_thread.run_sync(self.store.read_page, after, size)
+                # Planned once, as read: a row only gets older, so what was asked of it stays.
+                now = self.config.clock()
                 for row in page:
-                    if held is not None and held.hold(row, send):
+                    item = (row, plan(row, now, min_age))
+                    if held is not None and held.hold(item, send):
                         continue
                     # Fill the buffer without yielding per row: an await per row would hand the
                     # workers one row per scheduler tick.
                     try:
-                        send.send_nowait(row)
+                        send.send_nowait(item)
                     except trio.WouldBlock:
-                        await send.send(row)
+                        await send.send(item)
                 if len(page) < size:
                     return
                 after = (page[-1].created_at, page[-1].key)
 
     async def _work(
-        self, rows: trio.MemoryReceiveChannel[PendingRow], out: trio.MemorySendChannel[Outcome]
+        self, rows: trio.MemoryReceiveChannel[Planned], out: trio.MemorySendChannel[Outcome]
     ) -> None:
-        # The lookup is this loop's checkpoint; the channel operations only wait when they must,
-        # so a worker costs one scheduler tick per row, not three.
         async with rows, out, self.backend.resolver() as resolver:
-            while True:
-                try:
-                    row = rows.receive_nowait()
-                except trio.WouldBlock:
-                    try:
-                        row = await rows.receive()
-                    except trio.EndOfChannel:
-                        return
-                except trio.EndOfChannel:
-                    return
-                outcome = await self._resolve(resolver, row)
-                try:
-                    out.send_nowait(outcome)
-                except trio.WouldBlock:
-                    await out.send(outcome)
+            await _Worker(self, resolver, rows, out).run()
 
-    async def _resolve(self, resolver: Resolver, row: PendingRow) -> Outcome:
-        planned = plan(row, self.config.clock(), self.config.min_age)
-        if isinstance(planned, Outcome):
-            return planned
+    async def resolve(self, resolver: Resolver, row: PendingRow, planned: Query) -> Outcome:
+        """Ask the broker about ``row`` and decide; no lookup once the fatal switch tripped."""
         if self.switch.fatal is not None:
             return unresolved(row, self.switch.fatal.reason, planned)
-        scope = trio.CancelScope()
-        self.switch.watch(scope)
         try:
-            with scope:
-                answer = await resolver.lookup(planned)
+            answer = await resolver.lookup(planned)
         except BrokerFatal as exc:
             self.switch.trip(exc)
             return unresolved(row, exc.reason, planned)
@@ -229,10 +214,6 @@ class _Run:
             # One row's failure never aborts the run; it stays pending for the next one.
             log.exception("lookup failed unexpectedly")
             answer = Unresolved("internal_error")
-        finally:
-            self.switch.unwatch(scope)
-        if scope.cancelled_caught and self.switch.fatal is not None:
-            return unresolved(row, self.switch.fatal.reason, planned)
         _crash.checkpoint("broker answer")
         return decide(
             row,
@@ -313,6 +294,79 @@ class _Run:
             self.progress.update(self.report)
 
 
+class _Worker:
+    """One lookup worker: planned rows in, outcomes out, under one scope of the fatal switch.
+
+    One cancel scope for the worker's whole run rather than one per lookup (entering and
+    leaving a scope costs as much as the rest of a row's bookkeeping): when the switch trips,
+    whatever the worker waits on is cancelled, the row or outcome in its hand is settled, and
+    the rows after it are marked unresolved without a lookup.
+    """
+
+    def __init__(
+        self,
+        run: _Run,
+        resolver: Resolver,
+        rows: trio.MemoryReceiveChannel[Planned],
+        out: trio.MemorySendChannel[Outcome],
+    ) -> None:
+        self._run = run
+        self._resolver = resolver
+        self._rows = rows
+        self._out = out
+        # The row being looked up or the outcome being handed over; None between rows.
+        self._hand: Planned | Outcome | None = None
+
+    async def run(self) -> None:
+        switch = self._run.switch
+        scope = trio.CancelScope()
+        switch.watch(scope)
+        try:
+            with scope:
+                await self._loop()
+                return
+        finally:
+            switch.unwatch(scope)
+        # The switch tripped while this worker waited (a lookup, a row, a full results channel).
+        hand, self._hand = self._hand, None
+        if isinstance(hand, tuple):
+            # Only a lookup waits with a row in hand: its plan is a query.
+            row, planned = hand
+            assert switch.fatal is not None
+            assert isinstance(planned, Query)
+            hand = unresolved(row, switch.fatal.reason, planned)
+        if hand is not None:
+            await self._out.send(hand)
+        await self._loop()
+
+    async def _loop(self) -> None:
+        # The lookup is this loop's checkpoint; the channel operations only wait when they must,
+        # so a worker costs one scheduler tick per row, not three.
+        rows, out, resolve = self._rows, self._out, self._run.resolve
+        while True:
+            try:
+                item = rows.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    item = await rows.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
+            self._hand = item
+            row, planned = item
+            if isinstance(planned, Query):
+                outcome = await resolve(self._resolver, row, planned)
+            else:
+                outcome = planned
+            self._hand = outcome
+            try:
+                out.send_nowait(outcome)
+            except trio.WouldBlock:
+                await out.send(outcome)
+            self._hand = None
+
+
 class _Held:
     """Rows held back until the shared answer their lookup waits for is in.
 
@@ -330,7 +384,7 @@ class _Held:
         self._run = run
         self._backend = backend
         self._nursery = nursery
-        self._rows: dict[Hashable, list[PendingRow]] = {}
+        self._rows: dict[Hashable, list[Planned]] = {}
         self._count = 0
         # One query per row held; rows are held only until their shared answer is in, and
         # the task skips a query whose row has gone on meanwhile without waiting.
@@ -341,13 +395,12 @@ class _Held:
         """No more rows come: the prefetching task ends once it went through those held."""
         self._early_send.close()
 
-    def hold(self, row: PendingRow, send: trio.MemorySendChannel[PendingRow]) -> bool:
-        """Hold ``row`` back if its lookup would wait now; ``False``: give it to a worker."""
+    def hold(self, item: Planned, send: trio.MemorySendChannel[Planned]) -> bool:
+        """Hold ``item`` back if its lookup would wait now; ``False``: give it to a worker."""
         if self._count >= MAX_HELD or self._run.switch.fatal is not None:
             return False
-        config = self._run.config
-        planned = plan(row, config.clock(), config.min_age)
-        if isinstance(planned, Outcome):
+        planned = item[1]
+        if not isinstance(planned, Query):
             return False
         shared = self._backend.waits_for(planned)
         if shared is None:
@@ -357,7 +410,7 @@ class _Held:
             rows = self._rows[shared] = []
             # The clone keeps the workers' channel open until these rows are handed over.
             self._nursery.start_soon(self._release, shared, send.clone())
-        rows.append(row)
+        rows.append(item)
         self._count += 1
         if self._backend.prefetchable(planned):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -375,19 +428,19 @@ class _Held:
                 if self._backend.prefetchable(query):
                     await self._backend.prefetch(query)
 
-    async def _release(self, shared: Hashable, send: trio.MemorySendChannel[PendingRow]) -> None:
+    async def _release(self, shared: Hashable, send: trio.MemorySendChannel[Planned]) -> None:
         with send:
             # After an unexpected failure, the workers' lookups meet it and answer for it.
             with self._run.switch.guard("fetching a shared answer"):
                 await self._backend.fetch(shared)
             # After a fatal condition the rows still go through: the workers mark them.
-            rows = self._rows.pop(shared)
-            self._count -= len(rows)
-            for row in rows:
+            items = self._rows.pop(shared)
+            self._count -= len(items)
+            for item in items:
                 try:
-                    send.send_nowait(row)
+                    send.send_nowait(item)
                 except trio.WouldBlock:
-                    await send.send(row)
+                    await send.send(item)
 
 
 def _open_private(path: os.PathLike[str] | str) -> IO[bytes]:

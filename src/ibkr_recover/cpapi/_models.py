@@ -132,8 +132,10 @@ def normalise_order_id(value: Id | None) -> int | None:
     """IBKR order ids are non-negative integers, sent as numbers or digit strings."""
     if isinstance(value, int):
         return value if value >= 0 else None
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
-        return int(value.strip())
+    if isinstance(value, str):
+        digits = value.strip()
+        if _DIGITS.fullmatch(digits):
+            return int(digits)
     return None
 
 

@@ -156,8 +156,9 @@ def clip(text: str, limit: int = 200) -> str:
 
     Control characters out, account ids masked (IBKR's error texts name them), length capped.
     """
-    cleaned = "".join(
-        " " if unicodedata.category(ch).startswith("C") else ch for ch in text[: limit * 2]
-    )
+    cleaned = text[: limit * 2]
+    # Printable text has no control characters (category C) to replace: the common case.
+    if not cleaned.isprintable():
+        cleaned = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in cleaned)
     cleaned = mask_accounts_in(" ".join(cleaned.split()))
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
