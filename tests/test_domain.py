@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ibkr_recover import BrokerOrder, lifecycle_status
 from ibkr_recover._domain import BadContext, format_rfc3339, lifecycle_payload, parse_context
@@ -63,6 +65,24 @@ def test_status_mapping_tolerates_case_and_separators() -> None:
 )
 def test_rfc3339_trims_fraction(moment: datetime, text: str) -> None:
     assert format_rfc3339(moment) == text
+
+
+_OFFSETS = st.one_of(
+    st.none(),
+    st.just(UTC),
+    st.integers(-23 * 60, 23 * 60).map(lambda minutes: timezone(timedelta(minutes=minutes))),
+)
+
+
+@given(
+    st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=_OFFSETS)
+)
+def test_rfc3339_is_the_utc_isoformat_with_z(moment: datetime) -> None:
+    utc = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    expected = utc.isoformat()
+    if "." in expected:
+        expected = expected.rstrip("0")
+    assert format_rfc3339(moment) == expected + "Z"
 
 
 def test_live_payload_is_sorted_compact_and_hashed() -> None:

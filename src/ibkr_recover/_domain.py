@@ -125,13 +125,25 @@ def lifecycle_status(
 
 
 def format_rfc3339(moment: datetime) -> str:
-    """RFC 3339 in UTC with ``Z``; fractional seconds only when non-zero, trailing zeros trimmed."""
-    # ``isoformat`` is the same text as ``strftime`` (with the year padded to four digits),
-    # at half the cost; an aware time is converted to UTC and its "+00:00" dropped.
-    aware = moment.tzinfo is not None
-    text = moment.astimezone(UTC).isoformat()[:-6] if aware else moment.isoformat()
+    """RFC 3339 in UTC with ``Z``; fractional seconds only when non-zero, trailing zeros trimmed.
+
+    A naive time is taken as UTC.
+    """
+    # ``%`` formatting: ``isoformat`` and ``strftime`` format each field through libc (and an
+    # aware time's offset besides), f-string specs each through a call: 2-3 x the cost, once
+    # per completed row.
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    text = "%04d-%02d-%02dT%02d:%02d:%02d" % (  # noqa: UP031
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+    )
     if moment.microsecond:
-        text = text.rstrip("0")
+        text += (".%06d" % moment.microsecond).rstrip("0")  # noqa: UP031
     return text + "Z"
 
 
