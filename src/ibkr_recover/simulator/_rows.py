@@ -16,11 +16,11 @@ regular account's listing always stays complete (non-empty and well under the ca
 from __future__ import annotations
 
 import random
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import partial
 from itertools import chain, repeat
+from operator import add
 from typing import Any
 
 from ._cases import Case
@@ -32,6 +32,7 @@ from ._oracle import (
     Decisions,
     lifecycle_status,
 )
+from ._other_rows import side_tables, untouched_rows
 from ._row_parts import (
     LISTED_LIMIT,
     AccountPool,
@@ -41,9 +42,7 @@ from ._row_parts import (
     deal,
     execution_ids,
     numbered,
-    rfc3339,
     rfc3339_span,
-    sha256_hex,
 )
 from ._scenario import Account, Order, Trade
 
@@ -217,6 +216,24 @@ class RowBuilder:
         self._oid += 1
         return self._oid
 
+    def _listed_one_by_one(
+        self, wf: str, rows: range, need: int
+    ) -> tuple[list[PoolAccount], list[int]]:
+        """An account with room for ``need`` listed orders and a first order id per row, in
+        turn (an account opened meanwhile takes its fillers' ids in between); the room is
+        taken, the caller places the orders. Keeps the order of picks and ids of placing the
+        orders one row at a time, which :meth:`AccountPool.take` does not."""
+        roomy = self._pools[wf].roomy
+        picked: list[PoolAccount] = []
+        oids: list[int] = []
+        for _ in rows:
+            account = roomy(need)
+            account.listed += need
+            picked.append(account)
+            oids.append(self._oid + 1)
+            self._oid += need
+        return picked, oids
+
     def _order(
         self,
         account: PoolAccount,
@@ -381,24 +398,39 @@ class RowBuilder:
         self._label(rows, keys, self._created_column(rows), payloads, absent, label)
 
     def _in_trades_only(self, case: Case, rows: range, with_id: bool) -> None:
-        wf = case.workflow
-        for i in rows:
-            account = self._pools[wf].any()
-            created = self._created(i)
-            key = f"ord-{i:08d}"
-            oid = self._next_oid()
-            ms = (created + 5) * 1000
-            executions = 2 if i % 2 else 1  # a partial fill leaves several execution rows
-            for n in range(executions):
-                execution = f"{oid:010x}.{n:08x}.01.01"
-                account.trades.append(Trade(execution, key, oid if with_id else None, ms + n))
-            if with_id:
-                decision = Decision(
-                    "complete", "found", account.id, wf, "submit", "filled", str(oid)
-                )
-            else:
-                decision = Decision("unresolved", "found_in_trades_only", account.id, wf, "submit")
-            self._emit(i, key, created, context_json(wf, "submit", account.id), decision)
+        wf, n = case.workflow, len(rows)
+        picked = self._pools[wf].take(n, 0)
+        accounts = [account.id for account in picked]
+        oids = range(self._oid + 1, self._oid + 1 + n)
+        self._oid += n
+        keys = self._keys(rows)
+        created = self._created_column(rows)
+        ms = [(t + 5) * 1000 for t in created]
+        # A partial fill (odd rows) leaves a second execution row, right after the first.
+        counts = [1 + i % 2 for i in rows]
+
+        def each(column: Iterable[Any]) -> list[Any]:
+            """The column with a value per execution row rather than per order."""
+            return list(chain.from_iterable(map(repeat, column, counts)))
+
+        nth = list(chain.from_iterable(map(range, counts)))
+        trade_oids = each(oids)
+        ids = map("%010x.%08x.01.01".__mod__, zip(trade_oids, nth, strict=True))
+        times = map(add, each(ms), nth)
+        trades = map(Trade, ids, each(keys), trade_oids if with_id else repeat(None), times)
+        deal(each(account.trades for account in picked), trades)
+        heads = context_heads(wf, "submit", accounts)
+        payloads = [heads[account] + "}" for account in accounts]
+        label: tuple[DecisionKind, str]
+        if with_id:
+            label = ("complete", "found")
+            rest = (repeat(wf), repeat("submit"), repeat("filled"), map(str, oids))
+            decisions: Iterable[Decision] = map(Decision, *map(repeat, label), accounts, *rest)
+        else:
+            label = ("unresolved", "found_in_trades_only")
+            shared = {a: Decision(*label, a, wf, "submit") for a in set(accounts)}
+            decisions = map(shared.__getitem__, accounts)
+        self._label(rows, keys, created, payloads, decisions, label)
 
     def _case_trades_id(self, case: Case, rows: range) -> None:
         self._in_trades_only(case, rows, True)
@@ -470,16 +502,25 @@ class RowBuilder:
 
     def _case_too_recent(self, case: Case, rows: range) -> None:
         wf, op = case.workflow, case.operation
-        for i in rows:
-            account = self._pools[wf].roomy(1)
-            created = self._future + i % 600
-            key = f"ord-{i:08d}"
-            ref = key if op == "submit" else f"orig-{i:08d}"
-            oid, _ = self._order(account, ref, "Submitted", created, i, True)
-            payload = context_json(wf, op, account.id, None if op == "submit" else oid)
-            self._emit(
-                i, key, created, payload, Decision("skipped", "too_recent", account.id, wf, op)
-            )
+        picked, oids = self._listed_one_by_one(wf, rows, 1)
+        accounts = [account.id for account in picked]
+        keys = self._keys(rows)
+        refs = keys if op == "submit" else self._keys(rows, "orig-")
+        created = [self._future + i % 600 for i in rows]
+        ms = [(t + 1 + i % 29) * 1000 for t, i in zip(created, rows, strict=True)]
+        orders = map(Order, oids, refs, repeat("Submitted"), repeat(True), ms)
+        deal([account.orders for account in picked], orders)
+        heads = context_heads(wf, op, accounts)
+        if op == "submit":
+            payloads = [heads[account] + "}" for account in accounts]
+        else:
+            payloads = [
+                f'{heads[account]},"broker_order_id":"{oid}"}}'
+                for account, oid in zip(accounts, oids, strict=True)
+            ]
+        shared = {a: Decision("skipped", "too_recent", a, wf, op) for a in set(accounts)}
+        recent = map(shared.__getitem__, accounts)
+        self._label(rows, keys, created, payloads, recent, ("skipped", "too_recent"))
 
     def _case_no_context(self, case: Case, rows: range) -> None:
         payloads = ["{}" if i % 2 else "" for i in rows]
@@ -519,76 +560,21 @@ class RowBuilder:
         """``n`` ``submitted`` and ``n`` ``failed_after_writer`` rows, their decisions recorded.
 
         Pair ``j`` (one row of each) is of a paper account for even ``j``, of a live one for
-        odd ``j``; built a column at a time like the pending rows.
+        odd ``j``.
         """
-        failure = (
-            '{"code":"BROKER_BACKEND_UNAVAILABLE","message":"broker call failed",'
-            '"retryable":true,"user_action":"Inspect the broker-side order state before '
-            'retrying","audit_event_id":null}'
-        )
         wfs = [("paper", "live")[j % 2] for j in range(n)]
         accounts: list[str] = []
         oids: list[int] = []
         for wf in wfs:
             accounts.append(self._pools[wf].any().id)
             oids.append(self._next_oid())
-        created = range(self._now - 7200, self._now - 7200 - n, -1)
-        extra = {"paper": "", "live": '"execution_correlation":null,'}
-        payloads = [
-            f'{{"account_id":"{account}","broker_order_id":"{oid}",{extra[wf]}'
-            f'"status":"filled","updated_at":"{rfc3339(t + 3)}"}}'
-            for account, oid, wf, t in zip(accounts, oids, wfs, created, strict=True)
-        ]
-        contexts = [context_json(wf, "submit", a) for wf, a in zip(wfs, accounts, strict=True)]
-        done = [f"done-{j:08d}" for j in range(n)]
-        failed = [f"failed-{j:08d}" for j in range(n)]
-        status = "failed_after_writer"
-        submitted: list[Row] = [
-            (key, sha256_hex(key), sha256_hex(payload), t, payload, "submitted", t + 3, None)
-            for key, payload, t in zip(done, payloads, created, strict=True)
-        ]
-        unsent: list[Row] = [
-            (key, sha256_hex(key), None, t, context, status, t + 1, failure)
-            for key, context, t in zip(failed, contexts, created, strict=True)
-        ]
-        rows = list(chain.from_iterable(zip(submitted, unsent, strict=True)))
-        # The decisions pair by pair, in the rows' order.
-        self._decisions.add(
-            chain.from_iterable(
-                (
-                    (d, Decision("untouched", "submitted", a, wf, "submit")),
-                    (f, Decision("untouched", status, a, wf, "submit")),
-                )
-                for d, f, a, wf in zip(done, failed, accounts, wfs, strict=True)
-            )
-        )
+        rows, decisions = untouched_rows(self._now, wfs, accounts, oids)
+        self._decisions.add(decisions)
         self.tally["untouched", "submitted"] += n
-        self.tally["untouched", status] += n
+        self.tally["untouched", "failed_after_writer"] += n
         return rows
 
     def side_tables(self) -> dict[str, list[tuple[Any, ...]]]:
         """A few plausible rows for the gateway's other tables."""
-        now = self._now
-        events: list[tuple[Any, ...]] = []
-        for n, kind in enumerate(("session_started", "order_submitted", "order_cancelled")):
-            event_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-            payload = f'{{"event":"{kind}","n":{n}}}'
-            events.append((None, event_id, kind, now - 60 * n, payload, f"{n:064x}"))
-        approvals: list[tuple[Any, ...]] = []
-        previews: list[tuple[Any, ...]] = []
-        live: list[tuple[Any, ...]] = []
-        for n, account in enumerate(a.id for a in self._regular[:100]):
-            preview = f"prev-{n:06d}"
-            approvals.append(
-                (f"appr-{n:06d}", preview, account, "approved", "{}", now - 900, now + 900, None)
-            )
-            previews.append((preview, account, f"{n:064x}", "{}", now - 960))
-            if account.startswith("U"):
-                live.append((account, str(self._oid + 1 + n), "open", now - 900, now - 30))
-        return {
-            "audit_events": events,
-            "approval_records": approvals,
-            "order_preview_records": previews,
-            "live_orders_pending": live,
-            "order_groups": list(self._groups),
-        }
+        accounts = [account.id for account in self._regular[:100]]
+        return side_tables(self._now, self._rng, accounts, self._oid + 1, self._groups)
