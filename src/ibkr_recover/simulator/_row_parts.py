@@ -70,6 +70,20 @@ def context_heads(wf: str, op: str, accounts: list[str]) -> dict[str, str]:
     return {account: context_json(wf, op, account)[:-1] for account in set(accounts)}
 
 
+def contexts(
+    wf: str, op: str, accounts: list[str], oids: Iterable[int | str] | None = None
+) -> list[str]:
+    """:func:`context_json` of every row, a column at a time (``oids``: the broker order id
+    of every row, for a cancel or modify)."""
+    heads = context_heads(wf, op, accounts)
+    if oids is None:
+        return [heads[account] + "}" for account in accounts]
+    return [
+        f'{heads[account]},"broker_order_id":"{oid}"}}'
+        for account, oid in zip(accounts, oids, strict=True)
+    ]
+
+
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -37,8 +37,8 @@ from ._row_parts import (
     LISTED_LIMIT,
     AccountPool,
     PoolAccount,
-    context_heads,
     context_json,
+    contexts,
     deal,
     execution_ids,
     numbered,
@@ -216,6 +216,12 @@ class RowBuilder:
         self._oid += 1
         return self._oid
 
+    def _next_oids(self, n: int) -> range:
+        """The next ``n`` broker order ids."""
+        oids = range(self._oid + 1, self._oid + 1 + n)
+        self._oid += n
+        return oids
+
     def _listed_one_by_one(
         self, wf: str, rows: range, need: int
     ) -> tuple[list[PoolAccount], list[int]]:
@@ -270,22 +276,14 @@ class RowBuilder:
         n = len(rows)
         picked = self._pools[wf].take(n, 1 if listed else 0)
         accounts = [account.id for account in picked]
-        oids = range(self._oid + 1, self._oid + 1 + n)
-        self._oid += n
+        oids = self._next_oids(n)
         oid_texts = list(map(str, oids))
         keys = oid_texts if fallback else self._keys(rows)
         refs = keys if op == "submit" else self._keys(rows, "orig-")
         created = self._created_column(rows)
         at = [t + 1 + i % 29 for t, i in zip(created, rows, strict=True)]
         self._place(picked, rows, oids, refs, at, status, listed)
-        heads = context_heads(wf, op, accounts)
-        if op == "submit" or fallback:
-            payloads = [heads[account] + "}" for account in accounts]
-        else:
-            payloads = [
-                f'{heads[account]},"broker_order_id":"{oid}"}}'
-                for account, oid in zip(accounts, oid_texts, strict=True)
-            ]
+        payloads = contexts(wf, op, accounts, None if op == "submit" or fallback else oid_texts)
         self._out.put(rows, keys, created, payloads)
         first = self._now - 3600 - _SPREAD_S  # a found order's time is after its row's
         if not self._texts:
@@ -362,22 +360,13 @@ class RowBuilder:
             created = [old - i % 86_400 for i in rows]
         else:
             created = self._created_column(rows)
-        heads = context_heads(wf, op, accounts)
-        if op == "submit":
-            payloads = [heads[account] + "}" for account in accounts]
-        else:
-            oids = range(self._oid + 1, self._oid + 1 + len(rows))
-            self._oid += len(rows)
-            payloads = [
-                f'{heads[account]},"broker_order_id":"{oid}"}}'
-                for account, oid in zip(accounts, oids, strict=True)
-            ]
-        self._out.put(rows, keys, created, payloads)
+        oids = None if op == "submit" else self._next_oids(len(rows))
+        payloads = contexts(wf, op, accounts, oids)
         decision: DecisionKind = "clear" if reason == "cleared_missing" else "unresolved"
         # One decision object per account serves all its rows (decisions are never changed).
         shared = {a: Decision(decision, reason, a, wf, op) for a in set(accounts)}
-        self._decisions.add(zip(keys, map(shared.__getitem__, accounts), strict=True))
-        self.tally[decision, reason] += len(rows)
+        decisions = map(shared.__getitem__, accounts)
+        self._label(rows, keys, created, payloads, decisions, (decision, reason))
 
     def _case_absent(self, case: Case, rows: range) -> None:
         self._absent(case, rows, "cleared_missing")
@@ -388,11 +377,8 @@ class RowBuilder:
     def _case_fallback_absent(self, case: Case, rows: range) -> None:
         wf, op = case.workflow, case.operation
         accounts = [account.id for account in self._pools[wf].take(len(rows), 0)]
-        oids = range(self._oid + 1, self._oid + 1 + len(rows))
-        self._oid += len(rows)
-        keys = list(map(str, oids))
-        heads = context_heads(wf, op, accounts)
-        payloads = [heads[account] + "}" for account in accounts]
+        keys = list(map(str, self._next_oids(len(rows))))
+        payloads = contexts(wf, op, accounts)
         label: tuple[DecisionKind, str] = ("clear", "cleared_missing")
         absent = map(Decision, *map(repeat, label), accounts, repeat(wf), repeat(op))
         self._label(rows, keys, self._created_column(rows), payloads, absent, label)
@@ -401,8 +387,7 @@ class RowBuilder:
         wf, n = case.workflow, len(rows)
         picked = self._pools[wf].take(n, 0)
         accounts = [account.id for account in picked]
-        oids = range(self._oid + 1, self._oid + 1 + n)
-        self._oid += n
+        oids = self._next_oids(n)
         keys = self._keys(rows)
         created = self._created_column(rows)
         ms = [(t + 5) * 1000 for t in created]
@@ -419,8 +404,7 @@ class RowBuilder:
         times = map(add, each(ms), nth)
         trades = map(Trade, ids, each(keys), trade_oids if with_id else repeat(None), times)
         deal(each(account.trades for account in picked), trades)
-        heads = context_heads(wf, "submit", accounts)
-        payloads = [heads[account] + "}" for account in accounts]
+        payloads = contexts(wf, "submit", accounts)
         label: tuple[DecisionKind, str]
         if with_id:
             label = ("complete", "found")
@@ -489,8 +473,7 @@ class RowBuilder:
         if op == "submit":
             payloads = [context_json(wf, op, account) for account in accounts]
         else:
-            oids = range(self._oid + 1, self._oid + 1 + len(rows))
-            self._oid += len(rows)
+            oids = self._next_oids(len(rows))
             payloads = [
                 context_json(wf, op, account, oid)
                 for account, oid in zip(accounts, oids, strict=True)
@@ -510,14 +493,7 @@ class RowBuilder:
         ms = [(t + 1 + i % 29) * 1000 for t, i in zip(created, rows, strict=True)]
         orders = map(Order, oids, refs, repeat("Submitted"), repeat(True), ms)
         deal([account.orders for account in picked], orders)
-        heads = context_heads(wf, op, accounts)
-        if op == "submit":
-            payloads = [heads[account] + "}" for account in accounts]
-        else:
-            payloads = [
-                f'{heads[account]},"broker_order_id":"{oid}"}}'
-                for account, oid in zip(accounts, oids, strict=True)
-            ]
+        payloads = contexts(wf, op, accounts, None if op == "submit" else oids)
         shared = {a: Decision("skipped", "too_recent", a, wf, op) for a in set(accounts)}
         recent = map(shared.__getitem__, accounts)
         self._label(rows, keys, created, payloads, recent, ("skipped", "too_recent"))
