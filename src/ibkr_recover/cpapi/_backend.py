@@ -269,16 +269,8 @@ class CpapiBackend:
         order_id = parse_order_id(query.lookup_id)
         if order_id is None or order_id in self._early or not self.prefetchable(query):
             return
-        path = ORDER_STATUS_PATH.format(order_id=order_id)
         try:
-            answer = await self._wire.get(
-                self._client(),
-                path,
-                ORDER_STATUS,
-                cap=SMALL_BODY_BYTES,
-                not_found_ok=True,
-                spare=True,
-            )
+            answer = await self.order_status(self._client(), order_id, spare=True)
         except RequestFailed:
             return
         # Kept only while the listing is still to come: after it, the row may be done already.
@@ -289,14 +281,17 @@ class CpapiBackend:
         """The status answer :meth:`prefetch` got for ``order_id``, handed out once."""
         return self._early.pop(order_id, None)
 
-    async def order_status(self, client: Connection, order_id: int) -> OrderStatus | NotFound:
-        """One order by broker id, through the caller's own client.
+    async def order_status(
+        self, client: Connection, order_id: int, *, spare: bool = False
+    ) -> OrderStatus | NotFound:
+        """One order by broker id, through the caller's own client (``spare``: only in a
+        pacing slot no other request waits for).
 
         Cancellation: safe (a read).
         """
         path = ORDER_STATUS_PATH.format(order_id=order_id)
         return await self._wire.get(
-            client, path, ORDER_STATUS, cap=SMALL_BODY_BYTES, not_found_ok=True
+            client, path, ORDER_STATUS, cap=SMALL_BODY_BYTES, not_found_ok=True, spare=spare
         )
 
     async def _fetch_listing(self, account_id: str) -> OrderBook | Failed:
