@@ -1,14 +1,15 @@
 """The ceiling: the tool's HTTP requests in a bare loop, with no database and no decisions.
 
-The same client setup as the tool (one single-connection httpcore pool per worker, all sharing
-one ``ssl.SSLContext``, built by the tool's own ``Wire.client``), on trio, at the same
-concurrency, issuing the same requests; each worker does ``await pool.request("GET", url)``
-(which reads the body), nothing else::
+The same client setup as the tool (one keep-alive connection per worker, all sharing one
+``ssl.SSLContext``, built by the tool's own ``Wire.client``), on trio, at the same concurrency,
+issuing the same requests; each worker sends a prebuilt ``httpcore.Request`` and reads the
+body, nothing else::
 
     python bench/ceiling.py BASE_URL TARGETS.txt --concurrency 64     # prints one JSON object
 
-``--via httpx`` is the same loop through one single-connection ``httpx.AsyncClient`` per worker
-(``await client.get(target)``), the client the tool used before it went to httpcore directly.
+``--via pool`` is the same loop through one single-connection ``httpcore.AsyncConnectionPool``
+per worker, and ``--via httpx`` through one single-connection ``httpx.AsyncClient`` per worker
+(``await client.get(target)``): the clients the tool used before.
 
 ``--via wire`` sends them through the tool's own request path instead (``Wire._send``: the
 total deadline, an absolute URL, the streamed and capped body), still without decoding, deciding
@@ -29,11 +30,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+import httpcore
 import httpx
 import trio
 
 from ibkr_recover.cpapi import CpapiSettings
-from ibkr_recover.cpapi._http import Wire
+from ibkr_recover.cpapi._http import Connection, Wire
 
 #: Cap of the listing and trades answers in ``--via wire`` (the tool's default).
 _CAP = 16 * 1024 * 1024
@@ -45,6 +47,12 @@ async def bare_loop(
     settings = CpapiSettings(base_url=base_url, rate=0, listing_interval=0, concurrency=concurrency)
     wire = Wire(settings)
     headers = {"Accept": "application/json", "User-Agent": "ibkr-recover"}
+    url = httpx.URL(base_url)
+    origin = httpcore.URL(
+        scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=b"/"
+    ).origin
+    prefix = url.raw_path.rstrip(b"/")
+    raw_headers = [(b"Host", url.netloc)] + [(k.encode(), v.encode()) for k, v in headers.items()]
     async with httpx.AsyncClient(base_url=base_url, verify=settings.ssl_context) as first:
         (await first.get("/iserver/accounts")).raise_for_status()
     pending: Iterator[str] = iter(targets)
@@ -63,18 +71,39 @@ async def bare_loop(
                     _ = (await client.get(target)).content
                     done += 1
             return
-        pool = wire.client(connections=1)
+        client: Connection
+        if via == "pool":
+            client = httpcore.AsyncConnectionPool(
+                ssl_context=settings.ssl_context,
+                max_connections=1,
+                max_keepalive_connections=1,
+                keepalive_expiry=5.0,
+            )
+        else:
+            client = wire.client(connections=1)
         try:
             for target in pending:
-                if via == "get":
-                    _ = (await pool.request("GET", base_url + target, headers=headers)).content  # type: ignore[attr-defined]
-                else:
+                if via == "wire":
                     path, _, query = target.partition("?")
                     params = dict(parse_qsl(query)) or None
-                    await wire._send(pool, path, params, _CAP, target)
+                    await wire._send(client, path, params, _CAP, target)
+                else:
+                    target_url = httpcore.URL(
+                        scheme=origin.scheme,
+                        host=origin.host,
+                        port=origin.port,
+                        target=prefix + target.encode("ascii"),
+                    )
+                    response = await client.handle_async_request(
+                        httpcore.Request(b"GET", target_url, headers=raw_headers)
+                    )
+                    try:
+                        _ = b"".join([chunk async for chunk in response.aiter_stream()])
+                    finally:
+                        await response.aclose()
                 done += 1
         finally:
-            await pool.aclose()
+            await client.aclose()
 
     started = trio.current_time()
     cpu = time.process_time()
@@ -95,7 +124,7 @@ def main() -> None:
     parser.add_argument("base_url")
     parser.add_argument("targets", type=Path)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--via", choices=("get", "wire", "httpx"), default="get")
+    parser.add_argument("--via", choices=("get", "wire", "pool", "httpx"), default="get")
     args = parser.parse_args()
     targets = args.targets.read_text().split()
     if args.via == "wire":

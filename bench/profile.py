@@ -34,6 +34,7 @@ LAYERS = (
     (
         "http",
         (
+            "OneConnection.handle_async_request",
             "AsyncConnectionPool.handle_async_request",
             "_Body.read",
             "Response.aclose",

@@ -290,9 +290,10 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
         "rows of the same backlog. The ceiling replays the requests the tool sent for the same "
         "rows (taken from the simulator's request log), so its rows/s is rows divided by the "
         "time of those requests. `wire` sends the same requests through the tool's own request "
-        "path (deadline, capped streamed body) with the tool's process settings; `httpx` is the "
-        "ceiling's loop through one single-connection `httpx.AsyncClient` per worker instead of "
-        "httpcore's pool, the client the tool used before.",
+        "path (deadline, capped streamed body) with the tool's process settings. `pool` and "
+        "`httpx` are the ceiling's loop through the clients the tool used before: one "
+        "single-connection `httpcore.AsyncConnectionPool`, or one `httpx.AsyncClient`, per "
+        "worker instead of one bare keep-alive connection.",
         "",
     ]
     if results.get("rss"):

@@ -239,7 +239,7 @@ def latency_runs(plan: Plan, results: Results, workload: str, tmp: Path) -> None
                 for conc in plan.concurrencies:
                     # Per-order rows cost one request each: Little's law, capped by the CPU.
                     if workload == "per_order":
-                        rate = min(conc / (lat_s + 0.001), 1100.0)
+                        rate = min(conc / (lat_s + 0.001), 1500.0)
                         rows = sized(plan, rate, backlog.rows)
                     else:
                         rows = backlog.rows
@@ -254,8 +254,9 @@ def latency_runs(plan: Plan, results: Results, workload: str, tmp: Path) -> None
                     if conc == 64:
                         wire = run_ceiling(sim, targets, rows, conc, via="wire")
                         record(results, workload, latency, "wire", conc, rep, wire)
-                        old = run_ceiling(sim, targets, rows, conc, via="httpx")
-                        record(results, workload, latency, "httpx", conc, rep, old)
+                        for via in ("pool", "httpx"):
+                            old = run_ceiling(sim, targets, rows, conc, via=via)
+                            record(results, workload, latency, via, conc, rep, old)
                 rate = 1 / (lat_s + per_request)
                 rows = sized(plan, rate, backlog.rows, floor=60)
                 baseline = run_baseline(sim, prefix_copy(backlog, rows, tmp / "base.db"))

@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
+import httpcore
 import pytest
 import trio
 import trustme
 
 from ibkr_recover import Absent, BrokerError, BrokerFatal, Query, Unresolved
 from ibkr_recover.cpapi import CpapiBackend, CpapiSettings
+from ibkr_recover.cpapi._connection import OneConnection
 
 ACCOUNT = "DU1111111"
 Handler = Callable[[str, trio.abc.Stream], Awaitable[None]]
@@ -224,3 +226,139 @@ async def test_slow_body_hits_the_total_deadline() -> None:
     assert isinstance(answer, Unresolved)
     assert answer.reason == "timeout"
     assert elapsed < 2.0
+
+
+def _streams_seen(handler: Handler, seen: list[trio.abc.Stream]) -> Handler:
+    async def counting(target: str, stream: trio.abc.Stream) -> None:
+        if not any(stream is known for known in seen):
+            seen.append(stream)
+        await handler(target, stream)
+
+    return counting
+
+
+async def _get(connection: OneConnection, port: int, target: bytes) -> tuple[int, bytes]:
+    url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=port, target=target)
+    request = httpcore.Request(b"GET", url, headers=[(b"Host", f"127.0.0.1:{port}".encode())])
+    response = await connection.handle_async_request(request)
+    try:
+        return response.status, b"".join([chunk async for chunk in response.aiter_stream()])
+    finally:
+        await response.aclose()
+
+
+def _plain(port: int, *, keepalive_expiry: float = 5.0) -> OneConnection:
+    origin = httpcore.Origin(b"http", b"127.0.0.1", port)
+    return OneConnection(origin, ssl.create_default_context(), keepalive_expiry=keepalive_expiry)
+
+
+async def test_a_workers_lookups_share_one_keep_alive_connection(
+    server_tls: ssl.SSLContext, ca_file: Path
+) -> None:
+    seen: list[trio.abc.Stream] = []
+    async with serve(_streams_seen(gateway_answers, seen), tls=server_tls) as port:
+        settings = CpapiSettings(
+            base_url=f"https://localhost:{port}/v1/api", cacert=ca_file, rate=0, listing_interval=0
+        )
+        async with CpapiBackend(settings) as backend:
+            await backend.preflight()
+            shared = len(seen)
+            async with backend.resolver() as resolver:
+                for n in range(5):
+                    query = Query(
+                        key=f"c{n}", workflow="live", operation="cancel", account_id=ACCOUNT,
+                        lookup_id=str(100 + n),
+                    )  # fmt: skip
+                    assert isinstance(await resolver.lookup(query), Unresolved | Absent)
+    assert len(seen) == shared + 1
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending() -> None:
+    closed = trio.Event()
+
+    async def once_then_close(target: str, stream: trio.abc.Stream) -> None:
+        await gateway_answers(target, stream)
+        await stream.aclose()
+        closed.set()
+
+    seen: list[trio.abc.Stream] = []
+    async with serve(_streams_seen(once_then_close, seen)) as port:
+        connection = _plain(port)
+        try:
+            assert await _get(connection, port, b"/v1/api/iserver/accounts") == (
+                200, b'{"accounts": ["DU1111111"]}'
+            )  # fmt: skip
+            await closed.wait()
+            # The server's close arrived while the connection sat idle: sending on it would
+            # fail ("server disconnected"); a new connection is opened instead.
+            status, _ = await _get(connection, port, b"/v1/api/iserver/accounts")
+        finally:
+            await connection.aclose()
+    assert status == 200
+    assert len(seen) == 2
+
+
+async def test_connection_close_and_keep_alive_expiry_open_a_new_connection() -> None:
+    async def closing(target: str, stream: trio.abc.Stream) -> None:
+        if "close" in target:
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"
+            )
+            return
+        await gateway_answers(target, stream)
+
+    seen: list[trio.abc.Stream] = []
+    async with serve(_streams_seen(closing, seen)) as port:
+        connection = _plain(port, keepalive_expiry=0.2)
+        try:
+            await _get(connection, port, b"/v1/api/iserver/accounts")
+            await _get(connection, port, b"/v1/api/iserver/accounts")
+            assert len(seen) == 1
+            assert await _get(connection, port, b"/v1/api/close") == (200, b"{}")
+            await _get(connection, port, b"/v1/api/iserver/accounts")
+            assert len(seen) == 2
+            await trio.sleep(0.3)
+            await _get(connection, port, b"/v1/api/iserver/accounts")
+            assert len(seen) == 3
+        finally:
+            await connection.aclose()
+
+
+async def test_a_request_cancelled_in_flight_leaves_the_next_one_a_fresh_connection() -> None:
+    async def stalls(target: str, stream: trio.abc.Stream) -> None:
+        if "stall" in target:
+            await trio.sleep_forever()
+        await gateway_answers(target, stream)
+
+    seen: list[trio.abc.Stream] = []
+    async with serve(_streams_seen(stalls, seen)) as port:
+        connection = _plain(port)
+        try:
+            with trio.move_on_after(0.2) as scope:
+                await _get(connection, port, b"/v1/api/stall")
+            assert scope.cancelled_caught
+            # The answer may still come on the old connection: it must not be read as the
+            # answer to the next request.
+            assert await _get(connection, port, b"/v1/api/iserver/accounts") == (
+                200, b'{"accounts": ["DU1111111"]}'
+            )  # fmt: skip
+        finally:
+            await connection.aclose()
+    assert len(seen) == 2
+
+
+async def test_one_request_at_a_time() -> None:
+    async def slow(target: str, stream: trio.abc.Stream) -> None:
+        await trio.sleep(0.2)
+        await gateway_answers(target, stream)
+
+    async with serve(slow) as port:
+        connection = _plain(port)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_get, connection, port, b"/v1/api/iserver/accounts")
+                await trio.sleep(0.05)
+                with pytest.raises(httpcore.ConnectionNotAvailable):
+                    await _get(connection, port, b"/v1/api/iserver/accounts")
+        finally:
+            await connection.aclose()

@@ -14,11 +14,13 @@ Every request of the backend goes through :meth:`Wire.get`:
 
 Lower-layer errors are turned into the package's by ``_translate.translate_error`` alone.
 
-Requests go straight to httpcore's connection pool (httpx's own transport layer), one
-single-connection pool per worker: ``httpx.AsyncClient`` adds about 0.45 ms of CPU per request
-on top of it on a 2-core machine (its request/response models, cookies, auth and redirect
-flows, the transport's wrapping), the largest single cost of a lookup. httpx still parses the
-base URL; tests replace the network with an ``httpx.MockTransport`` (:class:`_ViaHttpx`).
+Requests go to httpcore (httpx's own transport layer) directly: each lookup worker has one
+keep-alive HTTP/1.1 connection (:class:`OneConnection`), the backend's shared client a small
+httpcore pool. On a 2-core machine ``httpx.AsyncClient`` added about 0.45 ms of CPU per request
+(its request/response models, cookies, auth and redirect flows, the transport's wrapping) and a
+single-connection httpcore pool about a quarter of the instructions of a lookup. httpx still
+parses the base URL; tests replace the network with an ``httpx.MockTransport``
+(:class:`_ViaHttpx`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import trio
 
 from .._errors import BrokerError, BrokerFatal
 from .._pacing import PACING_MARGIN, Pacer, Spacer
+from ._connection import OneConnection
 from ._models import ACCOUNTS, ERROR_BODY
 from ._settings import CpapiSettings
 from ._translate import RequestFailed, clip, origin, translate_error
@@ -70,7 +73,7 @@ _REQUEST_ERRORS: Final = (
 
 
 class Connection(Protocol):
-    """What a worker sends its requests through: httpcore's pool, or a test transport."""
+    """What requests go through: one connection, httpcore's pool, or a test transport."""
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response: ...
 
@@ -127,6 +130,9 @@ class Wire:
         url = httpx.URL(settings.base_url)
         self._scheme, self._host, self._port = url.raw_scheme, url.raw_host, url.port
         self._base_path = url.raw_path.rstrip(b"/")
+        self._origin = httpcore.URL(
+            scheme=self._scheme, host=self._host, port=self._port, target=b"/"
+        ).origin
         self._headers = [
             (b"Host", url.netloc),
             (b"Accept", b"application/json"),
@@ -144,9 +150,17 @@ class Wire:
         return self._stopped
 
     def client(self, *, connections: int) -> Connection:
-        """A new connection pool of at most ``connections``, sharing the TLS context."""
+        """A new client of at most ``connections``, sharing the TLS context.
+
+        One connection (a lookup worker's) is a bare :class:`OneConnection`; more (the
+        backend's shared client, used by concurrent callers) are httpcore's pool.
+        """
         if self._transport is not None:
             return _ViaHttpx(self._transport)
+        if connections == 1:
+            return OneConnection(
+                self._origin, self._settings.ssl_context, keepalive_expiry=_KEEPALIVE_S
+            )
         return httpcore.AsyncConnectionPool(
             ssl_context=self._settings.ssl_context,
             max_connections=connections,
