@@ -16,7 +16,7 @@ import trustme
 
 from ibkr_recover import Absent, BrokerError, BrokerFatal, Query, Unresolved
 from ibkr_recover.cpapi import CpapiBackend, CpapiSettings
-from ibkr_recover.cpapi._connection import OneConnection
+from ibkr_recover.cpapi._connection import OneConnection, _Stream
 
 ACCOUNT = "DU1111111"
 Handler = Callable[[str, trio.abc.Stream], Awaitable[None]]
@@ -362,3 +362,24 @@ async def test_one_request_at_a_time() -> None:
                     await _get(connection, port, b"/v1/api/iserver/accounts")
         finally:
             await connection.aclose()
+
+
+async def test_the_connections_stream_keeps_httpcores_timeouts_and_errors() -> None:
+    async def silent(target: str, stream: trio.abc.Stream) -> None:
+        await stream.aclose()
+
+    async with serve(silent) as port:
+        stream = _Stream(await trio.open_tcp_stream("127.0.0.1", port))
+        try:
+            # Without a timeout the caller's deadline bounds a read; with one, it is httpcore's.
+            with pytest.raises(httpcore.ReadTimeout):
+                await stream.read(100, timeout=0.1)
+            await stream.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=1)
+            assert await stream.read(100) == b""
+            assert stream.get_extra_info("is_readable")
+        finally:
+            await stream.aclose()
+        with pytest.raises(httpcore.WriteError):
+            await stream.write(b"more")
+        with pytest.raises(httpcore.ReadError):
+            await stream.read(100)

@@ -6,12 +6,14 @@ connection) and its ``AsyncHTTPConnection`` wrapper do much more for every reque
 queue, an event to wait for a connection, two passes over the pool, a lock held while a
 connection is made, the response stream wrapped once more. On a 2-core machine that was a
 quarter of the client's instructions per lookup. Here the request goes straight to httpcore's
-``AsyncHTTP11Connection``; only the opening of a connection (TCP, then TLS) is done here.
+``AsyncHTTP11Connection`` (h11 and its state); the connection is opened here (TCP, then TLS)
+over a trio stream that adds no cancel scope per read and write (:class:`_Stream`).
 """
 
 from __future__ import annotations
 
 import ssl
+from contextlib import AbstractContextManager, nullcontext
 from typing import Final
 
 import httpcore
@@ -38,8 +40,6 @@ class OneConnection:
         The TLS context, for ``https``; shared by every connection of the run.
     keepalive_expiry
         Seconds an idle connection is kept.
-    network_backend
-        How sockets are opened (httpcore's trio backend unless given).
     """
 
     def __init__(
@@ -48,7 +48,6 @@ class OneConnection:
         ssl_context: ssl.SSLContext,
         *,
         keepalive_expiry: float,
-        network_backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
         self._origin = origin
         self._host = origin.host.decode("ascii")
@@ -56,7 +55,6 @@ class OneConnection:
         if self._tls is not None:
             self._tls.set_alpn_protocols(_ALPN)
         self._keepalive_expiry = keepalive_expiry
-        self._backend = network_backend if network_backend is not None else httpcore.TrioBackend()
         self._connection: httpcore.AsyncHTTP11Connection | None = None
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
@@ -80,15 +78,73 @@ class OneConnection:
 
     async def _open(self) -> httpcore.AsyncHTTP11Connection:
         # Bounded by the caller's deadline: no timeout of its own, as with every other phase.
-        stream = await self._backend.connect_tcp(self._host, self._origin.port)
+        try:
+            stream: trio.abc.Stream = await trio.open_tcp_stream(self._host, self._origin.port)
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
         if self._tls is not None:
+            stream = trio.SSLStream(
+                stream, self._tls, server_hostname=self._host, https_compatible=True
+            )
             try:
-                stream = await stream.start_tls(self._tls, server_hostname=self._host)
-            except BaseException:
-                # httpcore closes the socket of a failed handshake, not of a cancelled one.
+                await stream.do_handshake()
+            except BaseException as exc:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
+                if isinstance(exc, trio.BrokenResourceError):
+                    raise httpcore.ConnectError(str(exc)) from exc
                 raise
         return httpcore.AsyncHTTP11Connection(
-            self._origin, stream, keepalive_expiry=self._keepalive_expiry
+            self._origin, _Stream(stream), keepalive_expiry=self._keepalive_expiry
         )
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """A trio stream for httpcore, with no cancel scope of its own around every read and write.
+
+    httpcore's trio stream enters ``trio.fail_after`` for each read and write even without a
+    timeout (about 10 µs each here, two per lookup); the caller's total deadline bounds them
+    already. Errors are httpcore's, as there.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        socket_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        assert isinstance(socket_stream, trio.SocketStream)
+        self._socket = socket_stream.socket
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            with _within(timeout):
+                data = await self._stream.receive_some(max_bytes)
+        except trio.TooSlowError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            with _within(timeout):
+                await self._stream.send_all(buffer)
+        except trio.TooSlowError as exc:
+            raise httpcore.WriteTimeout(str(exc)) from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    def get_extra_info(self, info: str) -> object:
+        if info == "is_readable":
+            return self._socket.is_readable()
+        if info == "socket":
+            return self._socket
+        return None
+
+
+def _within(timeout: float | None) -> AbstractContextManager[object]:
+    """``trio.fail_after(timeout)``, or nothing at all without a timeout."""
+    return nullcontext() if timeout is None else trio.fail_after(timeout)
