@@ -337,8 +337,8 @@ async def test_a_request_cancelled_in_flight_leaves_the_next_one_a_fresh_connect
             with trio.move_on_after(0.2) as scope:
                 await _get(connection, port, b"/v1/api/stall")
             assert scope.cancelled_caught
-            # The answer may still come on the old connection: it must not be read as the
-            # answer to the next request.
+            # The cancelled request's answer could still arrive on that connection, to be
+            # read as the next request's: it was closed, and the next one goes on a new one.
             assert await _get(connection, port, b"/v1/api/iserver/accounts") == (
                 200, b'{"accounts": ["DU1111111"]}'
             )  # fmt: skip
