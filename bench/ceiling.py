@@ -47,12 +47,8 @@ async def bare_loop(
     settings = CpapiSettings(base_url=base_url, rate=0, listing_interval=0, concurrency=concurrency)
     wire = Wire(settings)
     headers = {"Accept": "application/json", "User-Agent": "ibkr-recover"}
-    url = httpx.URL(base_url)
-    origin = httpcore.URL(
-        scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=b"/"
-    ).origin
-    prefix = url.raw_path.rstrip(b"/")
-    raw_headers = [(b"Host", url.netloc)] + [(k.encode(), v.encode()) for k, v in headers.items()]
+    # The tool's own origin, path prefix and headers, as its requests carry them.
+    origin, prefix, raw_headers = wire._origin, wire._base_path, wire._headers
     async with httpx.AsyncClient(base_url=base_url, verify=settings.ssl_context) as first:
         (await first.get("/iserver/accounts")).raise_for_status()
     pending: Iterator[str] = iter(targets)

@@ -128,11 +128,10 @@ class Wire:
         self._reprime_lock = trio.Lock()
         self.requests_sent = 0
         url = httpx.URL(settings.base_url)
-        self._scheme, self._host, self._port = url.raw_scheme, url.raw_host, url.port
-        self._base_path = url.raw_path.rstrip(b"/")
         self._origin = httpcore.URL(
-            scheme=self._scheme, host=self._host, port=self._port, target=b"/"
+            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=b"/"
         ).origin
+        self._base_path = url.raw_path.rstrip(b"/")
         self._headers = [
             (b"Host", url.netloc),
             (b"Accept", b"application/json"),
@@ -309,7 +308,8 @@ class Wire:
         target = self._base_path + path.encode("ascii")
         if params:
             target += b"?" + urlencode(params, quote_via=quote).encode("ascii")
-        url = httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target)
+        origin = self._origin
+        url = httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target)
         # The total deadline bounds every phase (connect, TLS, send, headers, body), so the
         # request carries no per-phase timeouts: of the same length, they would never fire
         # first, and each would register a deadline of its own for every socket operation.
