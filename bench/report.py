@@ -30,10 +30,32 @@ def medians(runs: list[dict[str, Any]]) -> dict[tuple[str, float, str, int], dic
         entry["requests_per_s"] = med(
             [r["requests"] / r["elapsed_s"] for r in rs if r.get("elapsed_s")]
         )
-        sim = [r["requests"] / r["sim_cpu_s"] for r in rs if r.get("sim_cpu_s", 0) > 0]
-        entry["sim_capacity"] = med(sim)
         entry["failed"] = sum(1 for r in rs if r["exit"] not in (0, 1))
         out[key] = entry
+    return out
+
+
+def simulator_headroom(
+    runs: list[dict[str, Any]], m: dict[tuple[str, float, str, int], dict[str, float]]
+) -> dict[tuple[str, float], tuple[float, float]]:
+    """Per (workload, latency): the requests the simulator served per CPU-second it used, and
+    the fastest request rate of the tool there (any concurrency).
+
+    The capacity sums requests and CPU over every run of that workload and latency, whatever
+    the contender: the simulator's CPU time comes in clock ticks of 10 ms, and a listing run
+    of a few dozen large answers uses only a few of them.
+    """
+    served: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for r in runs:
+        if r.get("sim_cpu_s", 0) > 0 and r["exit"] in (0, 1):
+            total = served[(r["workload"], r["latency_ms"])]
+            total[0] += r["requests"]
+            total[1] += r["sim_cpu_s"]
+    out = {}
+    for (workload, latency), (requests, cpu_s) in served.items():
+        rates = [v["requests_per_s"] for k, v in m.items() if k[:3] == (workload, latency, "tool")]
+        if rates and max(rates) > 0:
+            out[(workload, latency)] = (requests / cpu_s, max(rates))
     return out
 
 
@@ -152,15 +174,17 @@ def targets(
             rows.append(
                 (f"generator ≥ 200k rows/s ({n:,} rows, {mix})", f"{fmt(rate)} rows/s", rate >= 2e5)
             )
-    # 7. the simulator is not the limit.
-    caps = [v["sim_capacity"] for k, v in m.items() if k[1] == 0 and v["sim_capacity"]]
-    tool_rates = [v["requests_per_s"] for k, v in m.items() if k[2] == "tool"]
-    if caps and tool_rates:
-        capacity, fastest = med(caps), max(tool_rates)
+    # 7. the simulator is not the limit, at any latency of either workload.
+    headroom = simulator_headroom(results.get("runs", []), m)
+    if headroom:
+        (workload, latency), (capacity, fastest) = min(
+            headroom.items(), key=lambda item: item[1][0] / item[1][1]
+        )
         rows.append(
             (
                 "simulator serves ≥ 3 x the tool's request rate",
-                f"{capacity / fastest:.1f} x ({fmt(capacity)} req/s per simulator CPU-second vs "
+                f"{capacity / fastest:.1f} x at worst ({workload}, {latency:g} ms: "
+                f"{fmt(capacity)} requests per simulator CPU-second vs the tool's "
                 f"{fmt(fastest)} req/s)",
                 capacity >= 3 * fastest,
             )
@@ -238,7 +262,8 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
     carried = {**mach.get("reruns", {}), **mach.get("carried", {})}
     md += [
         f"Run {mach['date']} on {mach['cpus']} CPUs, Python {mach['python']}, SQLite "
-        f"{mach['sqlite']} ({mach['platform']}); load average before "
+        f"{mach['sqlite']} ({mach['platform']}), the simulator on "
+        f"{mach.get('simulator_loop', 'uvloop')}; load average before "
         f"{', '.join(f'{x:.2f}' for x in mach['load_before'])}, after "
         f"{', '.join(f'{x:.2f}' for x in mach.get('load_after', (0, 0, 0)))}; "
         f"{mach.get('total_s', 0):.0f} s in all. Produced by "
@@ -296,6 +321,21 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
         "worker instead of one bare keep-alive connection.",
         "",
     ]
+    headroom = simulator_headroom(results.get("runs", []), m)
+    if headroom:
+        md += [
+            "Simulator headroom: the requests it served per CPU-second it used (every run of "
+            "the workload and latency, summed), against the tool's fastest request rate there.",
+            "",
+            "| workload | latency ms | simulator req per CPU-s | tool's fastest req/s | headroom |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        md += [
+            f"| {workload} | {latency:g} | {fmt(capacity)} | {fmt(fastest)} | "
+            f"{capacity / fastest:.1f} x |"
+            for (workload, latency), (capacity, fastest) in sorted(headroom.items())
+        ]
+        md.append("")
     if results.get("rss"):
         md += ["## Peak RSS against backlog size", ""]
         md += [f"![peak RSS against N]({name})" for name in images if name == "rss.png"]

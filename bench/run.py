@@ -22,6 +22,7 @@ to ``bench/results.json``. Nothing here fails on a number::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -458,6 +459,8 @@ def machine() -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "load_before": os.getloadavg(),
+        # The simulator runs on uvloop when it is installed (the bench extra installs it).
+        "simulator_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
     }
 
 
