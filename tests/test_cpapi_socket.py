@@ -16,7 +16,7 @@ import trustme
 
 from ibkr_recover import Absent, BrokerError, BrokerFatal, Query, Unresolved
 from ibkr_recover.cpapi import CpapiBackend, CpapiSettings
-from ibkr_recover.cpapi._connection import OneConnection, _Stream
+from ibkr_recover.cpapi._connection import _YIELD_EVERY, OneConnection, _Stream, _TlsStream
 
 ACCOUNT = "DU1111111"
 Handler = Callable[[str, trio.abc.Stream], Awaitable[None]]
@@ -101,6 +101,17 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(params=["http", "https"])
+def transport(
+    request: pytest.FixtureRequest, server_tls: ssl.SSLContext, ca_file: Path
+) -> tuple[ssl.SSLContext | None, str, dict[str, object]]:
+    """Plain HTTP, or HTTPS trusted through ``cacert``: the server's context, the URL's scheme
+    and host, and the settings that go with them."""
+    if request.param == "http":
+        return None, "http://127.0.0.1", {}
+    return server_tls, "https://localhost", {"cacert": ca_file}
+
+
 def submit(key: str) -> Query:
     return Query(key=key, workflow="paper", operation="submit", account_id=ACCOUNT, lookup_id=key)
 
@@ -175,7 +186,11 @@ async def test_nothing_listening_is_a_clear_broker_error() -> None:
     assert "refused" in str(raised.value).lower()
 
 
-async def test_oversized_chunked_body_is_cut_short_over_a_socket() -> None:
+async def test_oversized_chunked_body_is_cut_short_over_a_socket(
+    transport: tuple[ssl.SSLContext | None, str, dict[str, object]],
+) -> None:
+    tls, url, extra = transport
+
     async def endless(target: str, stream: trio.abc.Stream) -> None:
         if "/iserver/account/orders" not in target:
             await gateway_answers(target, stream)
@@ -187,9 +202,11 @@ async def test_oversized_chunked_body_is_cut_short_over_a_socket() -> None:
         for _ in range(10_000):
             await stream.send_all(frame)
 
-    async with serve(endless) as port:
+    # Over TLS the body arrives faster than it is read: the reads that find it waiting still
+    # let the cut through.
+    async with serve(endless, tls=tls) as port:
         settings = CpapiSettings(
-            base_url=f"http://127.0.0.1:{port}/v1/api", max_body_bytes=200_000, timeout=5
+            base_url=f"{url}:{port}/v1/api", max_body_bytes=200_000, timeout=5, **extra
         )
         async with CpapiBackend(settings) as backend:
             await backend.preflight()
@@ -200,7 +217,11 @@ async def test_oversized_chunked_body_is_cut_short_over_a_socket() -> None:
     assert answer.reason == "response_too_large"
 
 
-async def test_slow_body_hits_the_total_deadline() -> None:
+async def test_slow_body_hits_the_total_deadline(
+    transport: tuple[ssl.SSLContext | None, str, dict[str, object]],
+) -> None:
+    tls, url, extra = transport
+
     async def trickle(target: str, stream: trio.abc.Stream) -> None:
         if "/iserver/account/order/status/" not in target:
             await gateway_answers(target, stream)
@@ -210,9 +231,9 @@ async def test_slow_body_hits_the_total_deadline() -> None:
             await stream.send_all(b" ")
             await trio.sleep(0.1)
 
-    async with serve(trickle) as port:
+    async with serve(trickle, tls=tls) as port:
         settings = CpapiSettings(
-            base_url=f"http://127.0.0.1:{port}/v1/api", timeout=0.5, retries=0, listing_interval=0
+            base_url=f"{url}:{port}/v1/api", timeout=0.5, retries=0, listing_interval=0, **extra
         )
         async with CpapiBackend(settings) as backend:
             await backend.preflight()
@@ -383,3 +404,100 @@ async def test_the_connections_stream_keeps_httpcores_timeouts_and_errors() -> N
             await stream.write(b"more")
         with pytest.raises(httpcore.ReadError):
             await stream.read(100)
+
+
+@asynccontextmanager
+async def _tls_pair(
+    server_tls: ssl.SSLContext, ca_file: Path
+) -> AsyncIterator[tuple[_TlsStream, trio.SSLStream[trio.SocketStream]]]:
+    """The connection's TLS stream and the server's end of it, over a socket pair."""
+    client_sock, server_sock = trio.socket.socketpair()
+    server = trio.SSLStream(trio.SocketStream(server_sock), server_tls, server_side=True)
+    context = ssl.create_default_context(cafile=str(ca_file))
+    tls: list[_TlsStream] = []
+
+    async def connect() -> None:
+        tls.append(await _TlsStream.connect(trio.SocketStream(client_sock), context, "localhost"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connect)
+        nursery.start_soon(server.do_handshake)
+    try:
+        yield tls[0], server
+    finally:
+        await tls[0].aclose()
+        await server.aclose()
+
+
+async def test_the_tls_stream_keeps_httpcores_timeouts_and_errors(
+    server_tls: ssl.SSLContext, ca_file: Path
+) -> None:
+    async with _tls_pair(server_tls, ca_file) as (stream, server):
+        assert stream.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
+        assert not stream.get_extra_info("is_readable")
+        with pytest.raises(httpcore.ReadTimeout):
+            await stream.read(100, timeout=0.1)
+        await stream.write(b"GET / HTTP/1.1\r\n\r\n" * 1000, timeout=1)
+        assert await server.receive_some(65536)
+        await server.send_all(b"answer")
+        assert await stream.read(100) == b"answer"
+        # The server goes away without TLS's close_notify: the end of the stream, not an error.
+        await server.transport_stream.aclose()
+        assert stream.get_extra_info("is_readable")
+        assert await stream.read(100) == b""
+    with pytest.raises(httpcore.WriteError):
+        await stream.write(b"more")
+    with pytest.raises(httpcore.ReadError):
+        await stream.read(100)
+
+
+async def test_tls_reads_that_find_data_waiting_still_let_other_tasks_run(
+    server_tls: ssl.SSLContext, ca_file: Path
+) -> None:
+    async with _tls_pair(server_tls, ca_file) as (stream, server):
+        first: list[bytes] = []
+
+        async def read_first() -> None:
+            first.append(await stream.read(4))
+
+        # The first read waits for the record; the rest of it is then read without waiting.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_first)
+            await trio.sleep(0.05)
+            await server.send_all(b"x" * 4 * (2 * _YIELD_EVERY + 1))
+        assert first == [b"xxxx"]
+        ran = trio.Event()
+
+        async def other_task() -> None:
+            ran.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            for _ in range(_YIELD_EVERY - 1):
+                assert await stream.read(4) == b"xxxx"
+                assert not ran.is_set()
+            # The next read yields; trio may run this task again first, the other one by the
+            # yield after that at the latest.
+            for _ in range(_YIELD_EVERY + 1):
+                assert await stream.read(4) == b"xxxx"
+            assert ran.is_set()
+
+
+async def test_a_failed_tls_handshake_is_a_connect_error_with_the_tls_cause(
+    server_tls: ssl.SSLContext,
+) -> None:
+    client_sock, server_sock = trio.socket.socketpair()
+    server = trio.SSLStream(trio.SocketStream(server_sock), server_tls, server_side=True)
+    untrusting = ssl.create_default_context()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_handshake_quietly, server)
+        with pytest.raises(httpcore.ConnectError) as raised:
+            await _TlsStream.connect(trio.SocketStream(client_sock), untrusting, "localhost")
+    assert isinstance(raised.value.__cause__, ssl.SSLCertVerificationError)
+    assert client_sock.fileno() == -1  # handed over, and closed with the TLS socket
+    await server.aclose()
+
+
+async def _handshake_quietly(stream: trio.SSLStream[trio.SocketStream]) -> None:
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.do_handshake()
