@@ -16,6 +16,8 @@ total deadline, an absolute URL, the streamed and capped body), still without de
 or writing anything, and with the tool's process settings (``cli.tune_gc``): the difference
 between the two is what the tool's HTTP layer and runtime settings cost or save.
 
+``--cacert CA.pem`` trusts the CA of an ``https://`` base URL, as the tool's option does.
+
 ``TARGETS.txt`` holds one request target per line, relative to the base URL
 (``/iserver/account/order/status/1798016332``). ``/iserver/accounts`` is asked once first, as
 the tool's preflight does (the gateway refuses order endpoints before it).
@@ -42,9 +44,15 @@ _CAP = 16 * 1024 * 1024
 
 
 async def bare_loop(
-    base_url: str, targets: list[str], concurrency: int, via: str = "get"
+    base_url: str,
+    targets: list[str],
+    concurrency: int,
+    via: str = "get",
+    cacert: Path | None = None,
 ) -> dict[str, float]:
-    settings = CpapiSettings(base_url=base_url, rate=0, listing_interval=0, concurrency=concurrency)
+    settings = CpapiSettings(
+        base_url=base_url, rate=0, listing_interval=0, concurrency=concurrency, cacert=cacert
+    )
     wire = Wire(settings)
     headers = {"Accept": "application/json", "User-Agent": "ibkr-recover"}
     # The tool's own origin, path prefix and headers, as its requests carry them.
@@ -121,6 +129,7 @@ def main() -> None:
     parser.add_argument("targets", type=Path)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--via", choices=("get", "wire", "pool", "httpx"), default="get")
+    parser.add_argument("--cacert", type=Path, help="the CA of an https:// BASE_URL")
     args = parser.parse_args()
     targets = args.targets.read_text().split()
     if args.via == "wire":
@@ -128,7 +137,7 @@ def main() -> None:
         from ibkr_recover.cli import tune_gc
 
         tune_gc()
-    result = trio.run(bare_loop, args.base_url, targets, args.concurrency, args.via)
+    result = trio.run(bare_loop, args.base_url, targets, args.concurrency, args.via, args.cacert)
     print(json.dumps(result))
 
 

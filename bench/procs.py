@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -124,19 +125,27 @@ class Simulator:
         More command-line options (``--pacing``, ``--latency-ms 5``, ...).
     cpu
         The CPU it is pinned to.
+    tls
+        Serve HTTPS; its CA certificate is :attr:`ca_file` (pass it to a client as ``--cacert``).
     """
 
-    def __init__(self, scenario: Path, *options: str, cpu: int = 1) -> None:
+    def __init__(self, scenario: Path, *options: str, cpu: int = 1, tls: bool = False) -> None:
         self.scenario = scenario
         self.options = options
         self.cpu = cpu
         self.base_url = ""
         self.root = ""
+        self.ca_file: Path | None = None
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="bench-sim-") if tls else None
+        self._opener = urllib.request.build_opener()
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Self:
         cmd = [sys.executable, "-m", "ibkr_recover.simulator", "--scenario", str(self.scenario)]
         cmd += ["--port", "0", *self.options]
+        if self._tls_dir is not None:
+            self.ca_file = Path(self._tls_dir.name) / "ca.pem"
+            cmd += ["--tls", "--ca-file", str(self.ca_file)]
         self._proc = subprocess.Popen(
             pinned(cmd, self.cpu), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -147,6 +156,11 @@ class Simulator:
             raise RuntimeError(f"the simulator did not start: {line!r}")
         self.base_url = line.removeprefix("listening on ")
         self.root = self.base_url.removesuffix("/v1/api")
+        if self.ca_file is not None:
+            trusting = ssl.create_default_context(cafile=str(self.ca_file))
+            self._opener = urllib.request.build_opener(
+                urllib.request.HTTPSHandler(context=trusting)
+            )
         return self
 
     def __exit__(
@@ -156,19 +170,20 @@ class Simulator:
         tb: TracebackType | None,
     ) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
 
     def _call(self, method: str, name: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.root}/__sim/{name}", data=data, method=method)
-        with urllib.request.urlopen(request, timeout=30) as answer:
+        with self._opener.open(request, timeout=30) as answer:
             return json.loads(answer.read())
 
     def reset(self) -> None:

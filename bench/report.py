@@ -38,8 +38,8 @@ def medians(runs: list[dict[str, Any]]) -> dict[tuple[str, float, str, int], dic
 def simulator_headroom(
     runs: list[dict[str, Any]], m: dict[tuple[str, float, str, int], dict[str, float]]
 ) -> dict[tuple[str, float], tuple[float, float]]:
-    """Per (workload, latency): the requests the simulator served per CPU-second it used, and
-    the fastest request rate of the tool there (any concurrency).
+    """Per workload (``... https`` for the simulator serving TLS) and latency: the requests the
+    simulator served per CPU-second it used, and the fastest request rate of the tool there.
 
     The capacity sums requests and CPU over every run of that workload and latency, whatever
     the contender: the simulator's CPU time comes in clock ticks of 10 ms, and a listing run
@@ -48,14 +48,17 @@ def simulator_headroom(
     served: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for r in runs:
         if r.get("sim_cpu_s", 0) > 0 and r["exit"] in (0, 1):
-            total = served[(r["workload"], r["latency_ms"])]
+            https = r["contender"].endswith("-https")
+            total = served[(r["workload"] + (" https" if https else ""), r["latency_ms"])]
             total[0] += r["requests"]
             total[1] += r["sim_cpu_s"]
     out = {}
-    for (workload, latency), (requests, cpu_s) in served.items():
-        rates = [v["requests_per_s"] for k, v in m.items() if k[:3] == (workload, latency, "tool")]
+    for (label, latency), (requests, cpu_s) in served.items():
+        workload, _, https = label.partition(" ")
+        tool = "tool-https" if https else "tool"
+        rates = [v["requests_per_s"] for k, v in m.items() if k[:3] == (workload, latency, tool)]
         if rates and max(rates) > 0:
-            out[(workload, latency)] = (requests / cpu_s, max(rates))
+            out[(label, latency)] = (requests / cpu_s, max(rates))
     return out
 
 
@@ -318,7 +321,9 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
         "path (deadline, capped streamed body) with the tool's process settings. `pool` and "
         "`httpx` are the ceiling's loop through the clients the tool used before: one "
         "single-connection `httpcore.AsyncConnectionPool`, or one `httpx.AsyncClient`, per "
-        "worker instead of one bare keep-alive connection.",
+        "worker instead of one bare keep-alive connection. `tool-https` and `ceiling-https` "
+        "are the tool and the ceiling over HTTPS, as a gateway serves it (a second simulator "
+        "serving TLS with its own CA, trusted through `--cacert`).",
         "",
     ]
     headroom = simulator_headroom(results.get("runs", []), m)

@@ -22,6 +22,7 @@ to ``bench/results.json``. Nothing here fails on a number::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -187,6 +188,8 @@ def run_ceiling(
     sim.reset()
     sim_cpu = sim.cpu_s()
     cmd = [PY, str(HERE / "ceiling.py"), sim.base_url, str(targets), "--via", via]
+    if sim.ca_file is not None:
+        cmd += ["--cacert", str(sim.ca_file)]
     m = measure([*cmd, "--concurrency", str(concurrency)])
     out = m.json() if m.stdout.strip() else {}
     elapsed = out.get("elapsed_s", 0.0)
@@ -231,9 +234,14 @@ def latency_runs(plan: Plan, results: Results, workload: str, tmp: Path) -> None
     backlog = make_backlog(plan.rows, mix, accounts=5)
     note_backlog(results, backlog)
     say(f"{workload}: {backlog.rows:,} rows over {backlog.accounts} accounts")
-    with Simulator(backlog.scenario) as sim:
+    # Per-order lookups are also measured over HTTPS, as a gateway serves them: one more
+    # simulator, on the same CPU, serving TLS with a CA of its own.
+    https = Simulator(backlog.scenario, tls=True) if workload == "per_order" else None
+    with Simulator(backlog.scenario) as sim, https or contextlib.nullcontext():
         for latency in plan.latencies:
             sim.configure(latency_ms=latency)
+            if https is not None:
+                https.configure(latency_ms=latency)
             lat_s = latency / 1000
             per_request = 0.0012 if workload == "per_order" else 0.008
             for rep in range(plan.repeats):
@@ -258,6 +266,13 @@ def latency_runs(plan: Plan, results: Results, workload: str, tmp: Path) -> None
                         for via in ("pool", "httpx"):
                             old = run_ceiling(sim, targets, rows, conc, via=via)
                             record(results, workload, latency, via, conc, rep, old)
+                    if conc == 64 and https is not None:
+                        assert https.ca_file is not None
+                        db = prefix_copy(backlog, rows, tmp / "tool.db")
+                        tool = run_tool(https, db, conc, "--cacert", str(https.ca_file))
+                        record(results, workload, latency, "tool-https", conc, rep, tool)
+                        ceiling = run_ceiling(https, targets, rows, conc)
+                        record(results, workload, latency, "ceiling-https", conc, rep, ceiling)
                 rate = 1 / (lat_s + per_request)
                 rows = sized(plan, rate, backlog.rows, floor=60)
                 baseline = run_baseline(sim, prefix_copy(backlog, rows, tmp / "base.db"))
