@@ -8,6 +8,7 @@ start-up (imports, preflight) cancels out::
 
     python bench/instructions.py [--rows 300,900] [--contenders tool,wire,get]
     python bench/instructions.py --contenders tool,tool:/path/to/other/src    # A/B two trees
+    python bench/instructions.py --https                     # over TLS, as a gateway serves
 
 Contenders: ``tool`` (``ibkr-recover recover``; ``tool-dry`` with ``--dry-run``), and the
 ceilings of ``bench/ceiling.py`` (``get``: the bare httpcore loop, ``wire``: the tool's request
@@ -47,13 +48,14 @@ def instructions(cmd: list[str], env: dict[str, str]) -> int:
 
 
 def command(name: str, sim: Simulator, db: Path, targets: Path, concurrency: int) -> list[str]:
+    trust = ("--cacert", str(sim.ca_file)) if sim.ca_file is not None else ()
     if name in ("tool", "tool-dry"):
         extra = ("--dry-run",) if name == "tool-dry" else ()
         fast = ("--rate", "0", "--listing-interval", "0")
-        return run.tool_cmd(db, sim.base_url, concurrency, *fast, *extra)
+        return run.tool_cmd(db, sim.base_url, concurrency, *fast, *extra, *trust)
     ceiling = str(Path(__file__).with_name("ceiling.py"))
     return [run.PY, ceiling, sim.base_url, str(targets), "--via", name,
-            "--concurrency", str(concurrency)]  # fmt: skip
+            "--concurrency", str(concurrency), *trust]  # fmt: skip
 
 
 def main() -> None:
@@ -61,12 +63,13 @@ def main() -> None:
     parser.add_argument("--rows", default="300,900", help="two backlog sizes, comma-separated")
     parser.add_argument("--contenders", default="tool,wire,get")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--https", action="store_true", help="against the simulator over TLS")
     args = parser.parse_args()
     small, large = (int(n) for n in args.rows.split(","))
     contenders = args.contenders.split(",")
     backlog = make_backlog(20000, "per_order", accounts=5)
     counts: dict[tuple[str, int], int] = {}
-    with tempfile.TemporaryDirectory() as tmp, Simulator(backlog.scenario) as sim:
+    with tempfile.TemporaryDirectory() as tmp, Simulator(backlog.scenario, tls=args.https) as sim:
         for n in (small, large):
             targets = Path(tmp) / f"targets-{n}.txt"
             db = run.prefix_copy(backlog, n, Path(tmp) / "targets.db")
@@ -80,7 +83,9 @@ def main() -> None:
                     command(name, sim, db, targets, args.concurrency), env
                 )
                 print(f"  {contender:24s} {n:6d} rows {counts[contender, n] / 1e9:8.3f} G")
-    print(f"instructions per row (from {small} and {large} rows, concurrency {args.concurrency}):")
+    over = "HTTPS" if args.https else "HTTP"
+    print(f"instructions per row over {over} (from {small} and {large} rows, concurrency "
+          f"{args.concurrency}):")  # fmt: skip
     for contender in contenders:
         per_row = (counts[contender, large] - counts[contender, small]) / (large - small)
         print(f"  {contender:24s} {per_row / 1e3:8.1f} k")

@@ -8,7 +8,9 @@ listing-resolved submits across many accounts) at simulator latencies 0, 5, 20 a
   concurrencies;
 * the baseline (``bench/baseline.py``: the gateway's own sequential algorithm);
 * the ceiling (``bench/ceiling.py``: the tool's requests in a bare loop, same client setup,
-  same concurrency, no database).
+  same concurrency, no database);
+* per-order, at concurrency 64: the tool and the ceiling over HTTPS too, as a gateway serves
+  it (a second simulator, serving TLS).
 
 Then peak RSS against backlog size, the writer alone, and a paced run (the simulator enforcing
 IBKR's limits). Medians over repeats go to ``bench/RESULTS.md`` with two plots; the raw numbers
@@ -147,7 +149,8 @@ def run_tool(
     sim.reset()
     sim_cpu = sim.cpu_s()
     pacing = ("--rate", "0", "--listing-interval", "0") if fast else ()
-    m = measure(tool_cmd(db, sim.base_url, concurrency, *pacing, *extra))
+    trust = ("--cacert", str(sim.ca_file)) if sim.ca_file is not None else ()
+    m = measure(tool_cmd(db, sim.base_url, concurrency, *pacing, *trust, *extra))
     stats = sim.stats()
     out = m.json() if m.stdout.strip() else {}
     return {
@@ -267,9 +270,8 @@ def latency_runs(plan: Plan, results: Results, workload: str, tmp: Path) -> None
                             old = run_ceiling(sim, targets, rows, conc, via=via)
                             record(results, workload, latency, via, conc, rep, old)
                     if conc == 64 and https is not None:
-                        assert https.ca_file is not None
                         db = prefix_copy(backlog, rows, tmp / "tool.db")
-                        tool = run_tool(https, db, conc, "--cacert", str(https.ca_file))
+                        tool = run_tool(https, db, conc)
                         record(results, workload, latency, "tool-https", conc, rep, tool)
                         ceiling = run_ceiling(https, targets, rows, conc)
                         record(results, workload, latency, "ceiling-https", conc, rep, ceiling)
