@@ -48,14 +48,13 @@ def instructions(cmd: list[str], env: dict[str, str]) -> int:
 
 
 def command(name: str, sim: Simulator, db: Path, targets: Path, concurrency: int) -> list[str]:
-    trust = ("--cacert", str(sim.ca_file)) if sim.ca_file is not None else ()
     if name in ("tool", "tool-dry"):
         extra = ("--dry-run",) if name == "tool-dry" else ()
         fast = ("--rate", "0", "--listing-interval", "0")
-        return run.tool_cmd(db, sim.base_url, concurrency, *fast, *extra, *trust)
+        return run.tool_cmd(db, sim.base_url, concurrency, *fast, *extra, *sim.trust)
     ceiling = str(Path(__file__).with_name("ceiling.py"))
     return [run.PY, ceiling, sim.base_url, str(targets), "--via", name,
-            "--concurrency", str(concurrency), *trust]  # fmt: skip
+            "--concurrency", str(concurrency), *sim.trust]  # fmt: skip
 
 
 def main() -> None:

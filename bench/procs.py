@@ -180,6 +180,11 @@ class Simulator:
         if self._tls_dir is not None:
             self._tls_dir.cleanup()
 
+    @property
+    def trust(self) -> tuple[str, ...]:
+        """The options that make a client trust this simulator (``--cacert CA`` over TLS)."""
+        return ("--cacert", str(self.ca_file)) if self.ca_file is not None else ()
+
     def _call(self, method: str, name: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.root}/__sim/{name}", data=data, method=method)

@@ -149,8 +149,7 @@ def run_tool(
     sim.reset()
     sim_cpu = sim.cpu_s()
     pacing = ("--rate", "0", "--listing-interval", "0") if fast else ()
-    trust = ("--cacert", str(sim.ca_file)) if sim.ca_file is not None else ()
-    m = measure(tool_cmd(db, sim.base_url, concurrency, *pacing, *trust, *extra))
+    m = measure(tool_cmd(db, sim.base_url, concurrency, *pacing, *sim.trust, *extra))
     stats = sim.stats()
     out = m.json() if m.stdout.strip() else {}
     return {
@@ -190,9 +189,7 @@ def run_ceiling(
 ) -> dict[str, Any]:
     sim.reset()
     sim_cpu = sim.cpu_s()
-    cmd = [PY, str(HERE / "ceiling.py"), sim.base_url, str(targets), "--via", via]
-    if sim.ca_file is not None:
-        cmd += ["--cacert", str(sim.ca_file)]
+    cmd = [PY, str(HERE / "ceiling.py"), sim.base_url, str(targets), "--via", via, *sim.trust]
     m = measure([*cmd, "--concurrency", str(concurrency)])
     out = m.json() if m.stdout.strip() else {}
     elapsed = out.get("elapsed_s", 0.0)
