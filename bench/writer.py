@@ -61,12 +61,15 @@ def gateway_order(db: Path) -> None:
 
 
 def decided(store: Store) -> list[Outcome]:
-    """Every pending row, decided as if the broker had answered (one in six absent)."""
+    """Every pending row in scan order, decided as if the broker had answered (one in six
+    absent)."""
     rows = []
     after = None
     while page := store.read_page(after, 5000):
         rows += page
-        after = (page[-1].created_at, page[-1].key)
+        after = page[-1]
+    # A store without the scan index reads in key order: both contenders write in scan order.
+    rows.sort(key=lambda row: (row.created_at, row.key))
     now = time.time()
     run_time = datetime.now(UTC)
     outcomes = []

@@ -29,11 +29,10 @@ def rows(n: int) -> list[dict[str, object]]:
 
 
 def read_all(store: Store) -> list[PendingRow]:
-    page, after = store.read_page(None, 1000), None
+    page = store.read_page(None, 1000)
     result = list(page)
     while page:
-        after = (page[-1].created_at, page[-1].key)
-        page = store.read_page(after, 1000)
+        page = store.read_page(page[-1], 1000)
         result += page
     return result
 
@@ -205,6 +204,79 @@ def test_a_conflict_rolls_back_nothing_else_and_other_tables_stay_as_they_were(
     assert sum(store.apply([decided(row) for row in page], NOW)) == len(page) - 1
     after = [line for line in dump(store.path) if "order_idempotency_records" not in line]
     assert after == before
+
+
+def scrambled(n: int) -> list[dict[str, object]]:
+    """Pending rows whose age order is not their key order, and a few rows of other states."""
+    payload = context("paper", "submit", "DU1")
+    made: list[dict[str, object]] = [
+        {"key": f"k{i:03d}", "payload": payload, "created_at": 1000 + (i * 7) % n} for i in range(n)
+    ]
+    made += [
+        {"key": f"k{i:03d}x", "payload": payload, "status": "submitted"} for i in range(0, n, 4)
+    ]
+    return made
+
+
+def page_plans(store: Store, params: tuple[object, ...]) -> list[str]:
+    conn = sqlite3.connect(store.path)
+    try:
+        pages = store._pages
+        assert pages is not None
+        rows = conn.execute(f"EXPLAIN QUERY PLAN {pages.following}", params).fetchall()
+    finally:
+        conn.close()
+    return [row[-1] for row in rows]
+
+
+def is_range_search(plans: list[str], index: str) -> bool:
+    """One range search of ``index``: no scan of the table, no sort (``USE TEMP B-TREE``)."""
+    prefix = f"SEARCH order_idempotency_records USING INDEX {index} "
+    return len(plans) == 1 and plans[0].startswith(prefix)
+
+
+def test_with_the_scan_index_pages_go_oldest_first_through_it(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "gateway.db", scrambled(40))
+    store = Store(db)
+    try:
+        store.ensure_scan_index()
+        page = read_all_in_pages(store, 7)
+        plans = page_plans(store, (0, "", 7))
+    finally:
+        store.close()
+    assert [(row.created_at, row.key) for row in page] == sorted(
+        (row.created_at, row.key) for row in page
+    )
+    assert len(page) == 40
+    assert is_range_search(plans, "ibkr_recover_pending_scan"), plans
+
+
+def test_without_the_scan_index_pages_go_in_key_order_through_the_keys_index(
+    tmp_path: Path,
+) -> None:
+    """A dry run never adds the scan index; its pages must not each sort the whole table."""
+    db = make_db(tmp_path / "gateway.db", scrambled(40))
+    before = dump(db)
+    store = Store(db)
+    try:
+        page = read_all_in_pages(store, 7)
+        plans = page_plans(store, ("", 7))
+    finally:
+        store.close()
+    assert [row.key for row in page] == [f"k{i:03d}" for i in range(40)]
+    assert is_range_search(plans, "sqlite_autoindex_order_idempotency_records_1"), plans
+    assert dump(db) == before
+
+
+def read_all_in_pages(store: Store, size: int) -> list[PendingRow]:
+    result: list[PendingRow] = []
+    page = store.read_page(None, size)
+    while page:
+        assert len(page) <= size
+        result += page
+        page = store.read_page(page[-1], size)
+    assert len({row.key for row in result}) == len(result)
+    return result
 
 
 def test_a_without_rowid_table_is_read_and_written_by_key(tmp_path: Path) -> None:

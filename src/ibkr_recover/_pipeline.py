@@ -171,7 +171,7 @@ class _Run:
 
     async def _read(self, send: trio.MemorySendChannel[Planned], held: _Held | None) -> None:
         size, min_age = self.config.page_size, self.config.min_age
-        after: tuple[object, str] | None = None
+        after: PendingRow | None = None
         # Closed without a checkpoint: in a cancelled run, an async close would replace a
         # storage error of the last page with Cancelled, and the operator would never see it.
         with send, contextlib.ExitStack() as stack:
@@ -193,7 +193,7 @@ class _Run:
                         await send.send(item)
                 if len(page) < size:
                     return
-                after = (page[-1].created_at, page[-1].key)
+                after = page[-1]
 
     async def _work(
         self, rows: trio.MemoryReceiveChannel[Planned], out: trio.MemorySendChannel[Outcome]

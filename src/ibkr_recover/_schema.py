@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["IDEMPOTENCY_COLUMNS", "IDEMPOTENCY_DDL", "IDEMPOTENCY_TABLE", "PENDING_INDEX_DDL"]
+__all__ = [
+    "IDEMPOTENCY_COLUMNS",
+    "IDEMPOTENCY_DDL",
+    "IDEMPOTENCY_TABLE",
+    "PENDING_INDEX_DDL",
+    "PENDING_INDEX_NAME",
+]
 
 IDEMPOTENCY_TABLE = "order_idempotency_records"
 
@@ -30,10 +36,12 @@ CREATE TABLE IF NOT EXISTS order_idempotency_records (
     failure_json TEXT
 )"""
 
+PENDING_INDEX_NAME = "ibkr_recover_pending_scan"
+
 #: A partial index over the pending rows in scan order. It only ever holds ``pending_writer``
 #: rows, so it stays small, and it turns every keyset page into an index range scan instead of
 #: a sort of the whole table. The gateway's own pending query benefits from it too.
-PENDING_INDEX_DDL = """\
-CREATE INDEX IF NOT EXISTS ibkr_recover_pending_scan
+PENDING_INDEX_DDL = f"""\
+CREATE INDEX IF NOT EXISTS {PENDING_INDEX_NAME}
 ON order_idempotency_records (created_at, idempotency_key)
 WHERE status = 'pending_writer'"""

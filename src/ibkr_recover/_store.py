@@ -26,7 +26,7 @@ import sqlite_utils
 from . import _crash
 from ._decide import Outcome, PendingRow
 from ._errors import ConfigError, SchemaError, StorageError
-from ._schema import IDEMPOTENCY_COLUMNS, IDEMPOTENCY_TABLE, PENDING_INDEX_DDL
+from ._schema import IDEMPOTENCY_COLUMNS, IDEMPOTENCY_TABLE, PENDING_INDEX_DDL, PENDING_INDEX_NAME
 
 __all__ = [
     "Store",
@@ -51,6 +51,26 @@ FROM {IDEMPOTENCY_TABLE}
 WHERE status = 'pending_writer'
 ORDER BY created_at, idempotency_key
 LIMIT ?"""
+
+# The same pages in key order, through the key's own index, while the scan index is missing (a
+# dry run never adds it): in created_at order, every page would sort the whole table.
+_SELECT_KEY_PAGE: Final = f"""
+SELECT idempotency_key, request_hash, created_at, payload_json, {{rowid}}
+FROM {IDEMPOTENCY_TABLE}
+WHERE status = 'pending_writer' AND idempotency_key > ?
+ORDER BY idempotency_key
+LIMIT ?"""
+
+_SELECT_FIRST_KEY_PAGE: Final = f"""
+SELECT idempotency_key, request_hash, created_at, payload_json, {{rowid}}
+FROM {IDEMPOTENCY_TABLE}
+WHERE status = 'pending_writer'
+ORDER BY idempotency_key
+LIMIT ?"""
+
+_PROBE_SCAN_INDEX: Final = (
+    "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ? AND tbl_name = ?"
+)
 
 _PROBE_ROWID: Final = f"SELECT rowid FROM {IDEMPOTENCY_TABLE} LIMIT 0"
 
@@ -135,7 +155,7 @@ class Store:
         self.busy_timeout = busy_timeout
         self._lock_fd: int | None = None
         self._committed = False
-        self._page_queries: tuple[str, str] | None = None
+        self._pages: _PageQueries | None = None
         self._reader = connect(path, busy_timeout=busy_timeout)
         self._writer = connect(path, busy_timeout=busy_timeout)
         try:
@@ -276,21 +296,26 @@ class Store:
             raise storage_error(exc, self.path, "cannot read") from exc
         return int(count)
 
-    def read_page(self, after: tuple[object, str] | None, limit: int) -> list[PendingRow]:
-        """The next ``limit`` pending rows after ``after`` in ``(created_at, key)`` order."""
+    def read_page(self, after: PendingRow | None, limit: int) -> list[PendingRow]:
+        """The next ``limit`` pending rows after ``after``, the last row of the page before.
+
+        Oldest first (``(created_at, key)`` order) through the scan index; in key order while
+        the database has no scan index (:meth:`ensure_scan_index`, which a dry run never
+        calls), where each page in created_at order would cost a sort of the whole table.
+        """
         try:
-            first, following = self._page_queries or self._choose_page_queries()
+            pages = self._pages or self._choose_page_queries()
             if after is None:
-                cursor = self._reader.execute(first, (limit,))
+                cursor = self._reader.execute(pages.first, (limit,))
             else:
-                cursor = self._reader.execute(following, (*after, limit))
+                cursor = self._reader.execute(pages.following, (*pages.position(after), limit))
             page = [PendingRow(*row) for row in cursor]
         except sqlite3.Error as exc:
             raise storage_error(exc, self.path, "cannot read") from exc
         _crash.checkpoint("page read")
         return page
 
-    def _choose_page_queries(self) -> tuple[str, str]:
+    def _choose_page_queries(self) -> _PageQueries:
         # A WITHOUT ROWID table has no rowid, and a column named ``rowid`` would shadow it:
         # either way pages carry NULL and the writer addresses those rows by key alone.
         columns = {row[1].lower() for row in self._reader.execute(_TABLE_XINFO)}
@@ -303,9 +328,15 @@ class Store:
                     raise
             else:
                 rowid = "rowid"
-        queries = (_SELECT_FIRST_PAGE.format(rowid=rowid), _SELECT_PAGE.format(rowid=rowid))
-        self._page_queries = queries
-        return queries
+        indexed = self._reader.execute(
+            _PROBE_SCAN_INDEX, (PENDING_INDEX_NAME, IDEMPOTENCY_TABLE)
+        ).fetchone()
+        if indexed:
+            pages = _PageQueries(_SELECT_FIRST_PAGE, _SELECT_PAGE, _by_age, rowid)
+        else:
+            pages = _PageQueries(_SELECT_FIRST_KEY_PAGE, _SELECT_KEY_PAGE, _by_key, rowid)
+        self._pages = pages
+        return pages
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -384,6 +415,29 @@ class Store:
         applied = [execute(_COMPLETE, p).rowcount == 1 for p in _complete(completes, now)]
         applied += [execute(_CLEAR, p).rowcount == 1 for p in _clear(clears)]
         return applied
+
+
+class _PageQueries:
+    """The two page queries of one scan order, and the keyset position of a row in it."""
+
+    def __init__(
+        self,
+        first: str,
+        following: str,
+        position: Callable[[PendingRow], tuple[object, ...]],
+        rowid: str,
+    ) -> None:
+        self.first = first.format(rowid=rowid)
+        self.following = following.format(rowid=rowid)
+        self.position = position
+
+
+def _by_age(row: PendingRow) -> tuple[object, ...]:
+    return row.created_at, row.key
+
+
+def _by_key(row: PendingRow) -> tuple[object, ...]:
+    return (row.key,)
 
 
 def _by_rowid(outcomes: list[Outcome]) -> list[Outcome]:
