@@ -324,6 +324,23 @@ def test_background_writer_matches_the_inline_one(tmp_path: Path) -> None:
     assert len(contents[0][0]) == 3
 
 
+def write_duplicates(path: Path) -> None:
+    with GatewayWriter(path, background=True) as writer:
+        for _ in range(3):  # the same keys again: the second batch fails in the child
+            batch = PendingBatch()
+            batch.keys.extend(["a", "b"])
+            batch.created.extend([1, 2])
+            batch.payloads.extend(["{}", "{}"])
+            writer.pending(batch)
+        writer.insert("order_groups", [("g", "DU1", "{}", 4)])
+
+
+def test_a_background_writer_whose_child_fails_raises_its_error(tmp_path: Path) -> None:
+    """The frames after the failure are dropped, and closing reports the child's error."""
+    with pytest.raises(OSError, match="IntegrityError"):
+        write_duplicates(tmp_path / "dup.db")
+
+
 # -- the command, and the simulator serving what was generated --------------------------
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import queue
 import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 from array import array
 from collections.abc import Sequence
 from itertools import chain, islice
@@ -276,6 +278,10 @@ sys.exit(child_main(sys.argv[1]))
 """
 
 
+#: Batches queued for the child at most, beyond the one being written.
+_QUEUED_FRAMES = 8
+
+
 class GatewayWriter:
     """Create a fresh gateway database at ``path`` (an existing file is replaced).
 
@@ -292,6 +298,10 @@ class GatewayWriter:
     def __init__(self, path: Path, *, background: bool = False) -> None:
         self._db: _Database | None = None
         self._child: subprocess.Popen[bytes] | None = None
+        self._sender: threading.Thread | None = None
+        #: Frames (header and parts) waiting for the sender thread; ``None`` ends it.
+        self._frames: queue.Queue[tuple[bytes, ...] | None] = queue.Queue(_QUEUED_FRAMES)
+        self._failed = False
         if not background:
             self._db = _Database(str(path))
             return
@@ -303,6 +313,14 @@ class GatewayWriter:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
+        # The pipe takes a batch only as fast as the child inserts the previous one; a thread
+        # does the writing, so that the rows of the next batches (and at the end, the
+        # scenario) are built meanwhile, rather than after the child caught up. A few batches
+        # wait at most (~6 MB per 50k rows), so that memory stays bounded at any size.
+        self._sender = threading.Thread(
+            target=self._send_frames, name="gateway-db-sender", daemon=True
+        )
+        self._sender.start()
 
     def __enter__(self) -> GatewayWriter:
         return self
@@ -314,16 +332,31 @@ class GatewayWriter:
             self._abandon()
 
     def _send(self, tag: bytes, *parts: bytes) -> None:
-        stdin = self._child.stdin if self._child is not None else None
-        if stdin is None:
+        if self._sender is None:
+            return
+        if self._failed:
+            self._finish()  # raises the child's error
             return
         a, b, c = (*parts, b"", b"", b"")[:3]
-        try:
-            stdin.write(_HEADER.pack(tag, len(a), len(b), len(c)))
-            for part in (a, b, c):
-                stdin.write(part)
-        except BrokenPipeError:
-            self._finish()
+        self._frames.put((_HEADER.pack(tag, len(a), len(b), len(c)), a, b, c))
+
+    def _send_frames(self) -> None:
+        """The sender thread: write the queued frames to the child, until ``None``.
+
+        A write into the pipe waits for the child to read it, the previous batch inserted
+        first; here it waits without the GIL, and the caller goes on building meanwhile.
+        After a failed write the frames are only taken off the queue (:meth:`_send` and
+        :meth:`close` then report the child's error).
+        """
+        stdin = self._child.stdin if self._child is not None else None
+        while (frame := self._frames.get()) is not None:
+            if stdin is None or self._failed:
+                continue
+            try:
+                for part in frame:
+                    stdin.write(part)
+            except OSError:
+                self._failed = True
 
     def pending(self, batch: PendingBatch) -> None:
         """Insert a batch of pending rows (and empty it), in one transaction."""
@@ -351,7 +384,14 @@ class GatewayWriter:
             self._send(b"C")
             self._finish()
 
+    def _stop_sender(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            self._frames.put(None)
+            sender.join()
+
     def _finish(self) -> None:
+        self._stop_sender()
         child, self._child = self._child, None
         if child is None:
             return
@@ -363,6 +403,7 @@ class GatewayWriter:
     def _abandon(self) -> None:
         if self._child is not None:
             self._child.kill()
+            self._stop_sender()
             self._child.communicate()
             self._child = None
         if self._db is not None:

@@ -71,11 +71,24 @@ def context_heads(wf: str, op: str, accounts: list[str]) -> dict[str, str]:
 
 
 def contexts(
-    wf: str, op: str, accounts: list[str], oids: Iterable[int | str] | None = None
+    wf: str,
+    op: str,
+    accounts: list[str],
+    oids: Iterable[int | str] | None = None,
+    heads: dict[str, str] | None = None,
 ) -> list[str]:
     """:func:`context_json` of every row, a column at a time (``oids``: the broker order id
-    of every row, for a cancel or modify)."""
-    heads = context_heads(wf, op, accounts)
+    of every row, for a cancel or modify).
+
+    ``heads`` keeps the :func:`context_heads` of ``wf`` and ``op`` from call to call (the
+    accounts added as they come): a case takes rows of every account, so otherwise the
+    heads of hundreds of accounts are formatted again for each case of each batch.
+    """
+    if heads is None:
+        heads = {}
+    new = set(accounts).difference(heads)
+    if new:
+        heads.update(context_heads(wf, op, list(new)))
     if oids is None:
         return [heads[account] + "}" for account in accounts]
     return [

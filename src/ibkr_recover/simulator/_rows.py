@@ -102,6 +102,8 @@ class RowBuilder:
         self._out = out
         self._decisions = decisions
         self._texts: list[str] = []
+        #: The context heads of every (workflow, operation), by account (see :func:`contexts`).
+        self._heads: dict[tuple[str, str], dict[str, str]] = {}
         #: Columns of the open batch that depend on the row number only (see :meth:`_column`).
         self._columns: dict[str, list[Any]] = {}
         self._columns_start = -1
@@ -157,6 +159,12 @@ class RowBuilder:
     def _keys(self, rows: range, prefix: str = "ord-") -> list[str]:
         """``f"{prefix}{i:08d}"`` of every row ``i`` of ``rows`` (its key, or its order's ref)."""
         return self._column(prefix, rows)
+
+    def _contexts(
+        self, wf: str, op: str, accounts: list[str], oids: Iterable[int | str] | None = None
+    ) -> list[str]:
+        """:func:`contexts` of the rows, the accounts' context heads kept across calls."""
+        return contexts(wf, op, accounts, oids, self._heads.setdefault((wf, op), {}))
 
     def _column(self, name: str, rows: range) -> list[Any]:
         """The column ``name`` (``created``, or a key prefix) of ``rows``, cut from the
@@ -277,19 +285,22 @@ class RowBuilder:
         picked = self._pools[wf].take(n, 1 if listed else 0)
         accounts = [account.id for account in picked]
         oids = self._next_oids(n)
-        oid_texts = list(map(str, oids))
-        keys = oid_texts if fallback else self._keys(rows)
+        # The broker ids as texts are the keys of fallback rows; other rows have them
+        # formatted into their payloads, and as texts only in the decisions, if ever made.
+        oid_texts = list(map(str, oids)) if fallback else None
+        keys = self._keys(rows) if oid_texts is None else oid_texts
         refs = keys if op == "submit" else self._keys(rows, "orig-")
         created = self._created_column(rows)
-        at = [t + 1 + i % 29 for t, i in zip(created, rows, strict=True)]
-        self._place(picked, rows, oids, refs, at, status, listed)
-        payloads = contexts(wf, op, accounts, None if op == "submit" or fallback else oid_texts)
+        # The order's time (a second to 29 after its row's), in epoch ms.
+        ms = [(t + 1 + i % 29) * 1000 for t, i in zip(created, rows, strict=True)]
+        self._place(picked, rows, oids, refs, ms, status, listed)
+        payloads = self._contexts(wf, op, accounts, None if op == "submit" or fallback else oids)
         self._out.put(rows, keys, created, payloads)
         first = self._now - 3600 - _SPREAD_S  # a found order's time is after its row's
         if not self._texts:
             self._texts = rfc3339_span(first, self._now - 3600 + 30)
         texts = self._texts
-        updated = (texts[t - first] for t in at)  # made with the decisions, if ever
+        updated = (texts[t // 1000 - first] for t in ms)  # made with the decisions, if ever
         found = map(
             Decision,
             repeat("complete"),
@@ -298,7 +309,7 @@ class RowBuilder:
             repeat(wf),
             repeat(op),
             repeat(lifecycle_status(status, op, wf)),
-            oid_texts,
+            map(str, oids) if oid_texts is None else oid_texts,
             updated,
         )
         self._decisions.add(zip(keys, found, strict=True))
@@ -310,12 +321,12 @@ class RowBuilder:
         rows: range,
         oids: range,
         refs: list[str],
-        at: list[int],
+        ms: list[int],
         status: str,
         listed: bool,
     ) -> None:
-        """The broker's orders (and executions) behind found rows, one per row."""
-        ms = [t * 1000 for t in at]
+        """The broker's orders (and executions) behind found rows, one per row (``ms``:
+        their times)."""
         state = (repeat(status), repeat(listed))
         if status == "Filled":
             filled = (repeat(1.0), repeat(1.0), repeat(_PRICE))  # total_size, filled, avg_price
@@ -361,7 +372,7 @@ class RowBuilder:
         else:
             created = self._created_column(rows)
         oids = None if op == "submit" else self._next_oids(len(rows))
-        payloads = contexts(wf, op, accounts, oids)
+        payloads = self._contexts(wf, op, accounts, oids)
         decision: DecisionKind = "clear" if reason == "cleared_missing" else "unresolved"
         # One decision object per account serves all its rows (decisions are never changed).
         shared = {a: Decision(decision, reason, a, wf, op) for a in set(accounts)}
@@ -378,7 +389,7 @@ class RowBuilder:
         wf, op = case.workflow, case.operation
         accounts = [account.id for account in self._pools[wf].take(len(rows), 0)]
         keys = list(map(str, self._next_oids(len(rows))))
-        payloads = contexts(wf, op, accounts)
+        payloads = self._contexts(wf, op, accounts)
         label: tuple[DecisionKind, str] = ("clear", "cleared_missing")
         absent = map(Decision, *map(repeat, label), accounts, repeat(wf), repeat(op))
         self._label(rows, keys, self._created_column(rows), payloads, absent, label)
@@ -404,7 +415,7 @@ class RowBuilder:
         times = map(add, each(ms), nth)
         trades = map(Trade, ids, each(keys), trade_oids if with_id else repeat(None), times)
         deal(each(account.trades for account in picked), trades)
-        payloads = contexts(wf, "submit", accounts)
+        payloads = self._contexts(wf, "submit", accounts)
         label: tuple[DecisionKind, str]
         if with_id:
             label = ("complete", "found")
@@ -493,7 +504,7 @@ class RowBuilder:
         ms = [(t + 1 + i % 29) * 1000 for t, i in zip(created, rows, strict=True)]
         orders = map(Order, oids, refs, repeat("Submitted"), repeat(True), ms)
         deal([account.orders for account in picked], orders)
-        payloads = contexts(wf, op, accounts, None if op == "submit" else oids)
+        payloads = self._contexts(wf, op, accounts, None if op == "submit" else oids)
         shared = {a: Decision("skipped", "too_recent", a, wf, op) for a in set(accounts)}
         recent = map(shared.__getitem__, accounts)
         self._label(rows, keys, created, payloads, recent, ("skipped", "too_recent"))
