@@ -192,6 +192,26 @@ def test_ages_follow_the_horizons(mixed: tuple[Path, Scenario, Expected]) -> Non
             assert age + (expected.valid_until - NOW) < expected.max_clear_age_s
 
 
+def test_rows_lie_in_the_table_in_the_order_they_were_made(
+    mixed: tuple[Path, Scenario, Expected],
+) -> None:
+    """As in a gateway's table: scanning by created_at reads the pages front to back (rows
+    dated apart, too recent or beyond the horizon, aside)."""
+    db, _, expected = mixed
+    apart = {"too_recent", "beyond_horizon"}
+    dated = [
+        created
+        for key, created in query(
+            db,
+            "SELECT idempotency_key, created_at FROM order_idempotency_records "
+            "WHERE status = 'pending_writer' ORDER BY rowid",
+        )
+        if expected.decisions[key].reason not in apart
+    ]
+    assert len(dated) > 100
+    assert dated == sorted(dated)
+
+
 # -- the scenario agrees with the decisions ---------------------------------------------
 
 

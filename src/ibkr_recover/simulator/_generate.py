@@ -130,7 +130,7 @@ def generate(
     rng.shuffle(cases)
     batch = PendingBatch()
     decisions = Decisions()
-    builder = RowBuilder(rng, now, accounts, VALIDITY_S, batch, decisions)
+    builder = RowBuilder(rng, now, accounts, VALIDITY_S, rows, batch, decisions)
     schedule = [(builder.builder(case.kind), case) for case in cases]
     with (
         _no_cycle_collection(),

@@ -81,6 +81,9 @@ class RowBuilder:
         Regular accounts to open up front (paper and live alternate).
     valid_s
         How far ahead of ``now`` too-recent rows are dated.
+    rows
+        How many pending rows will be made: ordinary rows are dated in row order over the
+        spread, oldest first.
     out
         Where pending rows go.
     decisions
@@ -93,11 +96,13 @@ class RowBuilder:
         now: int,
         accounts: int,
         valid_s: int,
+        rows: int,
         out: PendingBatch,
         decisions: Decisions,
     ) -> None:
         self._rng = rng
         self._now = now
+        self._rows = max(1, rows)
         self._future = now + valid_s
         self._out = out
         self._decisions = decisions
@@ -150,7 +155,9 @@ class RowBuilder:
         self.tally[label] += len(rows)
 
     def _created(self, i: int) -> int:
-        return self._now - 3600 - (i * 7919) % _SPREAD_S
+        # In row order, as a gateway inserts its rows: the table's physical order is then its
+        # scan order (created_at), and a run reads and writes its pages front to back.
+        return self._now - 3600 - _SPREAD_S + i * _SPREAD_S // self._rows
 
     def _created_column(self, rows: range) -> list[int]:
         """:meth:`_created` of every row of ``rows``."""
@@ -177,8 +184,8 @@ class RowBuilder:
         if column is None:
             batch = range(out.start, out.start + len(out))
             if name == "created":
-                base = self._now - 3600
-                column = [base - (i * 7919) % _SPREAD_S for i in batch]
+                oldest, spread, n = self._now - 3600 - _SPREAD_S, _SPREAD_S, self._rows
+                column = [oldest + i * spread // n for i in batch]
             else:
                 column = numbered(name, batch.start, batch.stop)
             self._columns[name] = column
