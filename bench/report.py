@@ -104,7 +104,8 @@ def targets(
                 )
             )
     # 3. the writer alone.
-    for order in ("generated (random)", "gateway (created_at)"):
+    orders = dict.fromkeys(w["order"] for w in results.get("writer", []))
+    for order in orders:
         ws = [w for w in results.get("writer", []) if w["order"] == order]
         if ws:
             rate = med([w["batched"]["rows_per_s"] for w in ws])
@@ -363,7 +364,7 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
             f"copies of the same {results['plan']['writer_rows']:,}-row database (every pending "
             "row completed, one in six cleared); one commit per row with `synchronous=NORMAL` "
             "(what the gateway sets) and with `FULL` (SQLite's default), on fewer rows. `python "
-            "bench/writer.py DB [--gateway-order]`.",
+            "bench/writer.py DB`.",
             "",
             "| database order | batch rows/s | batch CPU µs/row | one commit per row rows/s "
             "(NORMAL) | speed-up | one commit per row rows/s (FULL) | speed-up |",
