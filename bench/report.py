@@ -111,11 +111,15 @@ def targets(
             rate = med([w["batched"]["rows_per_s"] for w in ws])
             speedup = med([w["speedup"] for w in ws])
             rows.append(
-                (f"writer alone, {order} DB: ≥ 100k rows/s", f"{fmt(rate)} rows/s", rate >= 1e5)
+                (
+                    f"writer alone, database {order}: ≥ 100k rows/s",
+                    f"{fmt(rate)} rows/s",
+                    rate >= 1e5,
+                )
             )
             rows.append(
                 (
-                    f"writer alone, {order} DB: ≥ 20 x one commit per row (NORMAL)",
+                    f"writer alone, database {order}: ≥ 20 x one commit per row (NORMAL)",
                     f"{speedup:.1f} x (per row {fmt(med([w['per_row']['rows_per_s'] for w in ws]))} rows/s)",
                     speedup >= 20,
                 )
@@ -126,7 +130,7 @@ def targets(
                 per_row_full = med([w["per_row_full"]["rows_per_s"] for w in fulls])
                 rows.append(
                     (
-                        f"writer alone, {order} DB: ≥ 20 x one commit per row (FULL)",
+                        f"writer alone, database {order}: ≥ 20 x one commit per row (FULL)",
                         f"{full:.1f} x (per row {fmt(per_row_full)} rows/s)",
                         full >= 20,
                     )
