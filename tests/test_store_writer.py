@@ -28,12 +28,15 @@ def rows(n: int) -> list[dict[str, object]]:
     return [{"key": f"k{i:03d}", "payload": context("paper", "submit", "DU1")} for i in range(n)]
 
 
-def read_all(store: Store) -> list[PendingRow]:
-    page = store.read_page(None, 1000)
-    result = list(page)
+def read_all(store: Store, size: int = 1000) -> list[PendingRow]:
+    """Every pending row, page by page: each page at most ``size`` rows, each row once."""
+    result: list[PendingRow] = []
+    page = store.read_page(None, size)
     while page:
-        page = store.read_page(page[-1], 1000)
+        assert len(page) <= size
         result += page
+        page = store.read_page(page[-1], size)
+    assert len({row.key for row in result}) == len(result)
     return result
 
 
@@ -240,7 +243,7 @@ def test_with_the_scan_index_pages_go_oldest_first_through_it(tmp_path: Path) ->
     store = Store(db)
     try:
         store.ensure_scan_index()
-        page = read_all_in_pages(store, 7)
+        page = read_all(store, 7)
         plans = page_plans(store, (0, "", 7))
     finally:
         store.close()
@@ -259,24 +262,13 @@ def test_without_the_scan_index_pages_go_in_key_order_through_the_keys_index(
     before = dump(db)
     store = Store(db)
     try:
-        page = read_all_in_pages(store, 7)
+        page = read_all(store, 7)
         plans = page_plans(store, ("", 7))
     finally:
         store.close()
     assert [row.key for row in page] == [f"k{i:03d}" for i in range(40)]
     assert is_range_search(plans, "sqlite_autoindex_order_idempotency_records_1"), plans
     assert dump(db) == before
-
-
-def read_all_in_pages(store: Store, size: int) -> list[PendingRow]:
-    result: list[PendingRow] = []
-    page = store.read_page(None, size)
-    while page:
-        assert len(page) <= size
-        result += page
-        page = store.read_page(page[-1], size)
-    assert len({row.key for row in result}) == len(result)
-    return result
 
 
 def test_a_without_rowid_table_is_read_and_written_by_key(tmp_path: Path) -> None:

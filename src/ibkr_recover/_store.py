@@ -37,36 +37,21 @@ __all__ = [
     "summarise",
 ]
 
-# The last column is the rowid (``NULL`` when the table has none): see :class:`PendingRow`.
+# A page of pending rows in the scan order ``{order}`` (``{after}``: after a keyset position, or
+# nothing for the first page). The last column is the rowid (``NULL`` when the table has none):
+# see :class:`PendingRow`.
 _SELECT_PAGE: Final = f"""
 SELECT idempotency_key, request_hash, created_at, payload_json, {{rowid}}
 FROM {IDEMPOTENCY_TABLE}
-WHERE status = 'pending_writer' AND (created_at, idempotency_key) > (?, ?)
-ORDER BY created_at, idempotency_key
+WHERE status = 'pending_writer'{{after}}
+ORDER BY {{order}}
 LIMIT ?"""
 
-_SELECT_FIRST_PAGE: Final = f"""
-SELECT idempotency_key, request_hash, created_at, payload_json, {{rowid}}
-FROM {IDEMPOTENCY_TABLE}
-WHERE status = 'pending_writer'
-ORDER BY created_at, idempotency_key
-LIMIT ?"""
-
-# The same pages in key order, through the key's own index, while the scan index is missing (a
-# dry run never adds it): in created_at order, every page would sort the whole table.
-_SELECT_KEY_PAGE: Final = f"""
-SELECT idempotency_key, request_hash, created_at, payload_json, {{rowid}}
-FROM {IDEMPOTENCY_TABLE}
-WHERE status = 'pending_writer' AND idempotency_key > ?
-ORDER BY idempotency_key
-LIMIT ?"""
-
-_SELECT_FIRST_KEY_PAGE: Final = f"""
-SELECT idempotency_key, request_hash, created_at, payload_json, {{rowid}}
-FROM {IDEMPOTENCY_TABLE}
-WHERE status = 'pending_writer'
-ORDER BY idempotency_key
-LIMIT ?"""
+#: Oldest first, through the scan index.
+_BY_AGE: Final = ("created_at", "idempotency_key")
+#: While the scan index is missing (a dry run never adds it), through the key's own index: in
+#: created_at order, every page would sort the whole table.
+_BY_KEY: Final = ("idempotency_key",)
 
 _PROBE_SCAN_INDEX: Final = (
     "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ? AND tbl_name = ?"
@@ -332,9 +317,9 @@ class Store:
             _PROBE_SCAN_INDEX, (PENDING_INDEX_NAME, IDEMPOTENCY_TABLE)
         ).fetchone()
         if indexed:
-            pages = _PageQueries(_SELECT_FIRST_PAGE, _SELECT_PAGE, _by_age, rowid)
+            pages = _PageQueries(_BY_AGE, _by_age, rowid)
         else:
-            pages = _PageQueries(_SELECT_FIRST_KEY_PAGE, _SELECT_KEY_PAGE, _by_key, rowid)
+            pages = _PageQueries(_BY_KEY, _by_key, rowid)
         self._pages = pages
         return pages
 
@@ -418,17 +403,18 @@ class Store:
 
 
 class _PageQueries:
-    """The two page queries of one scan order, and the keyset position of a row in it."""
+    """The two page queries of the scan order by ``columns``, and a row's position in it."""
 
     def __init__(
         self,
-        first: str,
-        following: str,
+        columns: tuple[str, ...],
         position: Callable[[PendingRow], tuple[object, ...]],
         rowid: str,
     ) -> None:
-        self.first = first.format(rowid=rowid)
-        self.following = following.format(rowid=rowid)
+        order = ", ".join(columns)
+        keyset = f" AND ({order}) > ({', '.join('?' for _ in columns)})"
+        self.first = _SELECT_PAGE.format(rowid=rowid, after="", order=order)
+        self.following = _SELECT_PAGE.format(rowid=rowid, after=keyset, order=order)
         self.position = position
 
 
