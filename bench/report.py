@@ -200,6 +200,61 @@ def targets(
     return rows
 
 
+def row_costs(m: dict[tuple[str, float, str, int], dict[str, float]]) -> list[str]:
+    """Where a per-order row's time goes at the latency the engine ran at (c=64)."""
+    latencies = [k[1] for k in m if k[0] == "per_order" and k[2] == "engine" and k[3] == 64]
+    if not latencies:
+        return []
+    latency = min(latencies)
+
+    def per_row(who: str) -> float | None:
+        v = m.get(("per_order", latency, who, 64))
+        return 1e6 / v["rows_per_s"] if v and v["rows_per_s"] else None
+
+    ceiling, tool, engine = per_row("ceiling"), per_row("tool"), per_row("engine")
+    if ceiling is None or tool is None or engine is None:
+        return []
+    allowed = ceiling / 0.85
+    costs = [
+        ("ceiling: the bare request", ceiling, True),
+        ("wire: the same request through the tool's request path", per_row("wire"), True),
+        ("tool", tool, True),
+        ("the most a row may take for tool ≥ 0.85 x ceiling", allowed, True),
+        ("engine alone: the tool's pipeline, lookups answered in memory", engine, False),
+        ("engine alone, dry run (no writes)", per_row("engine-dry"), False),
+    ]
+    md = [
+        f"## What a per-order row costs ({latency:g} ms, c=64)",
+        "",
+        "Microseconds of run time per row (rows/s inverted; start-up excluded). At this "
+        "latency the tool and the ceiling are bound by the one CPU they run on, so this is also "
+        "their CPU time per row.",
+        "",
+        "| what | µs per row | beyond the bare request |",
+        "|---|---:|---:|",
+    ]
+    for name, value, beside in costs:
+        if value is not None:
+            extra = f"{value - ceiling:+,.0f}" if beside and value is not ceiling else "—"
+            md.append(f"| {name} | {value:,.0f} | {extra} |")
+    md += [
+        "",
+        f"The target leaves {allowed - ceiling:,.0f} µs a row for everything the tool does "
+        "besides the request; the engine alone, whose lookups take one scheduler pass and no "
+        f"request at all, takes {engine:,.0f} µs of them."
+        + (
+            f" The tool takes {tool - ceiling:,.0f}: the engine, its request path (`wire`), "
+            "decoding the answer and weighing the evidence, and the deeper stack that every "
+            "wait of a request leaves and resumes (`python bench/engine.py DB SCENARIO "
+            "--yields 4 --depth 10` shows what that costs; NOTES.md)."
+            if tool > allowed
+            else ""
+        ),
+        "",
+    ]
+    return md
+
+
 def plots(
     results: dict[str, Any], m: dict[tuple[str, float, str, int], dict[str, float]], out: Path
 ) -> list[str]:
@@ -328,7 +383,9 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
         "single-connection `httpcore.AsyncConnectionPool`, or one `httpx.AsyncClient`, per "
         "worker instead of one bare keep-alive connection. `tool-https` and `ceiling-https` "
         "are the tool and the ceiling over HTTPS, as a gateway serves it (a second simulator "
-        "serving TLS with its own CA, trusted through `--cacert`).",
+        "serving TLS with its own CA, trusted through `--cacert`). `engine` and `engine-dry` "
+        "are the tool's pipeline on the same rows with every lookup answered in memory "
+        "(`bench/engine.py`), with and without its writes: no request at all.",
         "",
     ]
     headroom = simulator_headroom(results.get("runs", []), m)
@@ -346,6 +403,7 @@ def write(results: dict[str, Any], out: Path, *, quick: bool) -> Path:
             for (workload, latency), (capacity, fastest) in sorted(headroom.items())
         ]
         md.append("")
+    md += row_costs(m)
     if results.get("rss"):
         md += ["## Peak RSS against backlog size", ""]
         md += [f"![peak RSS against N]({name})" for name in images if name == "rss.png"]

@@ -10,7 +10,9 @@ listing-resolved submits across many accounts) at simulator latencies 0, 5, 20 a
 * the ceiling (``bench/ceiling.py``: the tool's requests in a bare loop, same client setup,
   same concurrency, no database);
 * per-order, at concurrency 64: the tool and the ceiling over HTTPS too, as a gateway serves
-  it (a second simulator, serving TLS).
+  it (a second simulator, serving TLS); and once, at the first latency, the engine alone
+  (``bench/engine.py``: the tool's pipeline on the same rows with every lookup answered in
+  memory), with and without its writes.
 
 Then peak RSS against backlog size, the writer alone, and a paced run (the simulator enforcing
 IBKR's limits). Medians over repeats go to ``bench/RESULTS.md`` with two plots; the raw numbers
@@ -207,6 +209,24 @@ def run_ceiling(
     }
 
 
+def run_engine(backlog: Backlog, db: Path, concurrency: int, *extra: str) -> dict[str, Any]:
+    """The tool's pipeline with every lookup answered in memory (``bench/engine.py``)."""
+    cmd = [PY, str(HERE / "engine.py"), str(db), str(backlog.scenario), *extra]
+    m = measure([*cmd, "--concurrency", str(concurrency)])
+    out = m.json() if m.stdout.strip() else {}
+    return {
+        "rows": out.get("scanned", 0),
+        "rows_per_s": out.get("rows_per_s", 0.0),
+        "elapsed_s": out.get("elapsed_s", m.wall_s),
+        "cpu_s": m.cpu_s,
+        "maxrss_mb": m.maxrss_mb,
+        "exit": m.returncode,
+        "requests": 0,
+        "report": out,
+        "stderr": m.stderr[-2000:],
+    }
+
+
 def tool_targets(sim: Simulator, db: Path, concurrency: int, path: Path) -> int:
     """Record the requests one tool run sends (from the simulator's log) as ceiling targets."""
     run_tool(sim, db, concurrency)
@@ -267,6 +287,12 @@ def latency_runs(plan: Plan, results: Results, workload: str, tmp: Path) -> None
                         for via in ("pool", "httpx"):
                             old = run_ceiling(sim, targets, rows, conc, via=via)
                             record(results, workload, latency, via, conc, rep, old)
+                    if conc == 64 and workload == "per_order" and latency == plan.latencies[0]:
+                        # What a row costs besides its request: no broker, so once per run.
+                        for who, extra in (("engine", ()), ("engine-dry", ("--dry-run",))):
+                            db = prefix_copy(backlog, rows, tmp / "engine.db")
+                            engine = run_engine(backlog, db, conc, *extra)
+                            record(results, workload, latency, who, conc, rep, engine)
                     if conc == 64 and https is not None:
                         db = prefix_copy(backlog, rows, tmp / "tool.db")
                         tool = run_tool(https, db, conc)
@@ -277,6 +303,11 @@ def latency_runs(plan: Plan, results: Results, workload: str, tmp: Path) -> None
                 rows = sized(plan, rate, backlog.rows, floor=60)
                 baseline = run_baseline(sim, prefix_copy(backlog, rows, tmp / "base.db"))
                 record(results, workload, latency, "baseline", 1, rep, baseline)
+    if workload == "per_order":
+        results.commands["engine"] = (
+            "python bench/engine.py DB SCENARIO --concurrency 64 [--dry-run]   (taskset -c 0; "
+            "the same rows, every lookup answered in memory)"
+        )
     results.commands[f"{workload} tool"] = (
         "ibkr-recover recover DB --base-url URL --rate 0 --listing-interval 0 "
         "--concurrency C --json   (taskset -c 0; simulator: python -m ibkr_recover.simulator "
