@@ -83,7 +83,9 @@ def main() -> None:
     parser.add_argument("--yields", type=int, default=1, help="scheduler passes per lookup")
     parser.add_argument("--depth", type=int, default=0, help="more coroutine frames per lookup")
     args = parser.parse_args()
-    broker = Broker(answers(args.scenario), max(1, args.yields), args.depth)
+    if args.yields < 1 or args.depth < 0:
+        parser.error("--yields must be at least 1 and --depth at least 0")
+    broker = Broker(answers(args.scenario), args.yields, args.depth)
     config = RunConfig(db=args.db, concurrency=args.concurrency, dry_run=args.dry_run)
     tune_gc()
     cpu = time.process_time()

@@ -43,7 +43,7 @@ from typing import Any
 
 import report
 from backlog import Backlog, make_backlog
-from procs import Simulator, measure
+from procs import Measured, Simulator, measure
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -145,14 +145,8 @@ def tool_cmd(db: Path, url: str, concurrency: int, *extra: str) -> list[str]:
             "--concurrency", str(concurrency), *extra]  # fmt: skip
 
 
-def run_tool(
-    sim: Simulator, db: Path, concurrency: int, *extra: str, fast: bool = True
-) -> dict[str, Any]:
-    sim.reset()
-    sim_cpu = sim.cpu_s()
-    pacing = ("--rate", "0", "--listing-interval", "0") if fast else ()
-    m = measure(tool_cmd(db, sim.base_url, concurrency, *pacing, *sim.trust, *extra))
-    stats = sim.stats()
+def reported(m: Measured) -> dict[str, Any]:
+    """The figures of a run that prints a report as the tool's ``--json`` does."""
     out = m.json() if m.stdout.strip() else {}
     return {
         "rows": out.get("scanned", 0),
@@ -162,28 +156,32 @@ def run_tool(
         "cpu_s": m.cpu_s,
         "maxrss_mb": m.maxrss_mb,
         "exit": m.returncode,
-        "requests": stats["requests"],
-        "rate_limited": stats["rate_limited"],
-        "sim_cpu_s": sim.cpu_s() - sim_cpu,
         "report": out,
         "stderr": m.stderr[-2000:],
     }
 
 
+def run_tool(
+    sim: Simulator, db: Path, concurrency: int, *extra: str, fast: bool = True
+) -> dict[str, Any]:
+    sim.reset()
+    sim_cpu = sim.cpu_s()
+    pacing = ("--rate", "0", "--listing-interval", "0") if fast else ()
+    r = reported(measure(tool_cmd(db, sim.base_url, concurrency, *pacing, *sim.trust, *extra)))
+    stats = sim.stats()
+    r.update(
+        requests=stats["requests"],
+        rate_limited=stats["rate_limited"],
+        sim_cpu_s=sim.cpu_s() - sim_cpu,
+    )
+    return r
+
+
 def run_baseline(sim: Simulator, db: Path) -> dict[str, Any]:
     sim.reset()
-    m = measure([PY, str(HERE / "baseline.py"), str(db), sim.base_url])
-    out = m.json() if m.stdout.strip() else {}
-    return {
-        "rows": out.get("scanned", 0),
-        "rows_per_s": out.get("rows_per_s", 0.0),
-        "elapsed_s": out.get("elapsed_s", m.wall_s),
-        "cpu_s": m.cpu_s,
-        "maxrss_mb": m.maxrss_mb,
-        "exit": m.returncode,
-        "requests": sim.stats()["requests"],
-        "stderr": m.stderr[-2000:],
-    }
+    r = reported(measure([PY, str(HERE / "baseline.py"), str(db), sim.base_url]))
+    r["requests"] = sim.stats()["requests"]
+    return r
 
 
 def run_ceiling(
@@ -212,19 +210,9 @@ def run_ceiling(
 def run_engine(backlog: Backlog, db: Path, concurrency: int, *extra: str) -> dict[str, Any]:
     """The tool's pipeline with every lookup answered in memory (``bench/engine.py``)."""
     cmd = [PY, str(HERE / "engine.py"), str(db), str(backlog.scenario), *extra]
-    m = measure([*cmd, "--concurrency", str(concurrency)])
-    out = m.json() if m.stdout.strip() else {}
-    return {
-        "rows": out.get("scanned", 0),
-        "rows_per_s": out.get("rows_per_s", 0.0),
-        "elapsed_s": out.get("elapsed_s", m.wall_s),
-        "cpu_s": m.cpu_s,
-        "maxrss_mb": m.maxrss_mb,
-        "exit": m.returncode,
-        "requests": 0,
-        "report": out,
-        "stderr": m.stderr[-2000:],
-    }
+    r = reported(measure([*cmd, "--concurrency", str(concurrency)]))
+    r["requests"] = 0
+    return r
 
 
 def tool_targets(sim: Simulator, db: Path, concurrency: int, path: Path) -> int:
@@ -327,7 +315,7 @@ def record(
     r.update(workload=workload, latency_ms=latency, contender=who, concurrency=conc, repeat=rep)
     results.runs.append(r)
     say(
-        f"  {workload:9s} {latency:>4g} ms {who:8s} c={conc:<4d} {r['rows']:>7,} rows "
+        f"  {workload:9s} {latency:>4g} ms {who:13s} c={conc:<4d} {r['rows']:>7,} rows "
         f"{r['rows_per_s']:>9,.0f} rows/s  cpu {r['cpu_s']:6.2f} s  exit {r['exit']}"
     )
 
