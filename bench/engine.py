@@ -8,6 +8,9 @@ scheduler pass, as ``MemoryBackend`` does::
 
     python bench/engine.py DB SCENARIO.json [--concurrency 64] [--dry-run]   # prints JSON
 
+``DB`` is recovered in place, as by the tool: run it on a copy of a backlog's database (the
+harness gives it one), never on the cached original.
+
 ``--yields N`` makes each lookup wait ``N`` scheduler passes, and ``--depth D`` makes it go
 through ``D`` more coroutine frames: a request through the tool's HTTP stack waits about
 four times, each time through every frame between the worker and the socket, so these show
@@ -76,10 +79,12 @@ def _deeper(inner: Lookup) -> Lookup:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("db", type=Path)
-    parser.add_argument("scenario", type=Path)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument(
+        "db", type=Path, help="a backlog's database: recovered in place, so give it a copy"
+    )
+    parser.add_argument("scenario", type=Path, help="the backlog's scenario.json")
+    parser.add_argument("--concurrency", type=int, default=64, help="lookup workers")
+    parser.add_argument("--dry-run", action="store_true", help="decide, write nothing")
     parser.add_argument("--yields", type=int, default=1, help="scheduler passes per lookup")
     parser.add_argument("--depth", type=int, default=0, help="more coroutine frames per lookup")
     args = parser.parse_args()
