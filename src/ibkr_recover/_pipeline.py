@@ -12,7 +12,9 @@ one call per 5 s against IBKR) are held back, a bounded number of them, while th
 fetched: the workers go on with rows that can be answered now, instead of all waiting in turn
 for the listings of other accounts while the request budget idles.
 
-Memory stays bounded by the channel sizes, one page and the held rows, whatever the backlog.
+Memory stays bounded by the channel sizes, one page and the held rows, whatever the backlog
+(a backend's shared answers are its own: the CP backend keeps each account's listing and
+trades for the run).
 A broker condition that is fatal for the run (401, 429) trips a switch: lookups in flight are
 cancelled, every row still coming through is left unresolved with that reason, decided rows are
 committed, and the reader stops reading.
