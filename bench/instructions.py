@@ -10,9 +10,10 @@ start-up (imports, preflight) cancels out::
     python bench/instructions.py --contenders tool,tool:/path/to/other/src    # A/B two trees
     python bench/instructions.py --https                     # over TLS, as a gateway serves
 
-Contenders: ``tool`` (``ibkr-recover recover``; ``tool-dry`` with ``--dry-run``), and the
-ceilings of ``bench/ceiling.py`` (``get``: the bare httpcore loop, ``wire``: the tool's request
-path, ``httpx``). ``NAME:SRC`` runs a contender with ``PYTHONPATH=SRC``, another tree's
+Contenders: ``tool`` (``ibkr-recover recover``; ``tool-dry`` with ``--dry-run``), the engine
+alone (``engine``, ``engine-dry``: ``bench/engine.py``, no request at all), and the ceilings of
+``bench/ceiling.py`` (``get``: the bare httpcore loop, ``wire``: the tool's request path,
+``httpx``). ``NAME:SRC`` runs a contender with ``PYTHONPATH=SRC``, another tree's
 package. Kernel time, cache misses and waiting are not counted: use it to compare code, and
 ``bench/run.py`` for speed. About a minute per contender and size.
 """
@@ -47,7 +48,13 @@ def instructions(cmd: list[str], env: dict[str, str]) -> int:
     return int(found.group(1))
 
 
-def command(name: str, sim: Simulator, db: Path, targets: Path, concurrency: int) -> list[str]:
+def command(
+    name: str, sim: Simulator, db: Path, targets: Path, concurrency: int, scenario: Path
+) -> list[str]:
+    if name in ("engine", "engine-dry"):
+        extra = ("--dry-run",) if name == "engine-dry" else ()
+        engine = str(Path(__file__).with_name("engine.py"))
+        return [run.PY, engine, str(db), str(scenario), "--concurrency", str(concurrency), *extra]
     if name in ("tool", "tool-dry"):
         extra = ("--dry-run",) if name == "tool-dry" else ()
         fast = ("--rate", "0", "--listing-interval", "0")
@@ -79,7 +86,7 @@ def main() -> None:
                 db = run.prefix_copy(backlog, n, Path(tmp) / "run.db")
                 sim.reset()
                 counts[contender, n] = instructions(
-                    command(name, sim, db, targets, args.concurrency), env
+                    command(name, sim, db, targets, args.concurrency, backlog.scenario), env
                 )
                 print(f"  {contender:24s} {n:6d} rows {counts[contender, n] / 1e9:8.3f} G")
     over = "HTTPS" if args.https else "HTTP"
