@@ -276,7 +276,8 @@ def latency_runs(plan: Plan, results: Results, workload: str, tmp: Path) -> None
                             old = run_ceiling(sim, targets, rows, conc, via=via)
                             record(results, workload, latency, via, conc, rep, old)
                     if conc == 64 and workload == "per_order" and latency == plan.latencies[0]:
-                        # What a row costs besides its request: no broker, so once per run.
+                        # What a row costs besides its request; it asks no broker, so
+                        # one latency is enough.
                         for who, extra in (("engine", ()), ("engine-dry", ("--dry-run",))):
                             db = prefix_copy(backlog, rows, tmp / "engine.db")
                             engine = run_engine(backlog, db, conc, *extra)
